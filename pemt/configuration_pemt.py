@@ -1,0 +1,325 @@
+"""PEMT model configuration."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+@strict
+class PemtConfig(PreTrainedConfig):
+    r"""
+    Configuration of a PEMT (Parameter-Efficient Multimodal Transformers, a.k.a. AVBERT) model. The defaults
+    give the model of Lee et al., ICLR 2021: a 3D ResNet-50 for video, a half-width 2D ResNet-50 for log-mel
+    audio, and visual, audio and multimodal Transformers that share one layer across depth and modalities,
+    with every weight matrix factored into a shared part and modality-private low-rank parts.
+
+    Input settings (segments, frames, crops, mel bins) live here as well, so that a processor can be built
+    from the model's own config with [`PemtProcessor.from_model_config`].
+
+    Args:
+        num_segments (`int`, *optional*, defaults to 10):
+            Segments `T` per clip (the downstream setting). Pretraining in the paper uses 15.
+        frames_per_segment (`int`, *optional*, defaults to 32):
+            Frames in one visual segment.
+        frame_stride (`int`, *optional*, defaults to 2):
+            Take every `frame_stride`-th frame of the video resampled to `video_fps`.
+        video_fps (`float`, *optional*, defaults to 30.0):
+            Frame rate the video is resampled to before frames are taken.
+        train_short_side_range (`list[int]`, *optional*, defaults to `[128, 160]`):
+            Range of the short side a training clip is resized to before the random crop.
+        train_crop_size (`int`, *optional*, defaults to 112):
+            Side of the random square crop used for training.
+        eval_short_side (`int`, *optional*, defaults to 128):
+            Short side a test clip is resized to before the centre crop.
+        eval_crop_size (`int`, *optional*, defaults to 128):
+            Side of the centre crop used for testing.
+        image_mean (`float`, *optional*, defaults to 0.45):
+            Per-channel mean subtracted from RGB values in [0, 1].
+        image_std (`float`, *optional*, defaults to 0.225):
+            Per-channel standard deviation RGB values are divided by.
+        audio_sampling_rate (`int`, *optional*, defaults to 44100):
+            Rate audio is resampled to.
+        num_mel_bins (`int`, *optional*, defaults to 80):
+            Mel bins of the log-mel spectrogram.
+        n_fft (`int`, *optional*, defaults to 1472):
+            FFT size; also the window length.
+        hop_length (`int`, *optional*, defaults to 736):
+            Hop between STFT frames.
+        audio_frames (`int`, *optional*, defaults to 128):
+            Time frames per segment; the spectrogram is padded or cropped to it.
+        log_offset (`float`, *optional*, defaults to 1e-6):
+            Added to the mel power before the logarithm.
+        spec_augment_ratio (`float`, *optional*, defaults to 0.05):
+            Training augmentation: up to this fraction of mel bins and of time frames is masked.
+        visual_cnn_width (`int`, *optional*, defaults to 64):
+            Channels of the visual stem; bottleneck widths are `width * 2**stage`.
+        visual_cnn_depths (`list[int]`, *optional*, defaults to `[3, 4, 6, 3]`):
+            Bottleneck blocks per stage of the visual 3D ResNet.
+        visual_cnn_temporal_kernels (`list[int]`, *optional*, defaults to `[1, 1, 3, 3]`):
+            Temporal kernel of the first convolution of each block, per stage.
+        visual_stem_temporal_kernel (`int`, *optional*, defaults to 5):
+            Temporal kernel of the visual stem.
+        audio_cnn_width (`int`, *optional*, defaults to 32):
+            Channels of the audio stem; bottleneck widths are `width * 2**stage`.
+        audio_cnn_depths (`list[int]`, *optional*, defaults to `[3, 4, 6, 3]`):
+            Bottleneck blocks per stage of the audio 2D ResNet.
+        audio_separable_stages (`int`, *optional*, defaults to 2):
+            The first this many stages use separable 3x1 / 1x3 convolutions instead of 3x3.
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width of the Transformers.
+        num_hidden_layers (`int`, *optional*, defaults to 6):
+            Depth of each Transformer.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads per layer.
+        intermediate_size (`int`, *optional*, defaults to 3072):
+            Width of the feed-forward layers.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Feed-forward activation.
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.1):
+            Dropout on embeddings and layer outputs.
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.1):
+            Dropout on attention probabilities.
+        max_position_embeddings (`int`, *optional*, defaults to 22):
+            Position slots per modality: the summary token plus up to 21 segments.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-12):
+            LayerNorm epsilon.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of linear and embedding weights.
+        share_layers (`bool`, *optional*, defaults to `True`):
+            One layer's weights are applied `num_hidden_layers` times (ALBERT-style).
+        share_modalities (`bool`, *optional*, defaults to `True`):
+            One Transformer serves as visual, audio and multimodal Transformer; LayerNorms stay private.
+        low_rank_dim (`int`, *optional*, defaults to 128):
+            Rank of the modality-private factors of each weight matrix; 0 keeps full matrices.
+        cnn_chunk_size (`int`, *optional*, defaults to 0):
+            Run the CNNs over this many segments at a time (0: all at once).
+        cnn_checkpointing (`bool`, *optional*, defaults to `False`):
+            Recompute CNN activations in the backward pass instead of storing them (saves most of the memory
+            of a training step).
+        mask_probability (`float`, *optional*, defaults to 0.15):
+            Pretraining: fraction of segments of each modality that masked embedding prediction hides.
+        mep_num_negatives (`int`, *optional*, defaults to 16):
+            Pretraining: negatives per masked segment for the contrastive loss.
+        mep_temperature (`float`, *optional*, defaults to 0.1):
+            Pretraining: temperature of the contrastive loss.
+        negative_sampling (`str`, *optional*, defaults to `"similar"`):
+            Pretraining: content-aware negative sampling, one of `"similar"`, `"dissimilar"`, `"uniform"`.
+        negative_sampling_temperature (`float`, *optional*, defaults to 0.1):
+            Pretraining: temperature of the similarity distribution negatives are drawn from.
+        classifier_modality (`str`, *optional*, defaults to `"audio-visual"`):
+            Classification: which inputs the classifier uses, one of `"audio-visual"`, `"visual"`, `"audio"`.
+
+    Example:
+
+    ```python
+    >>> from pemt import PemtConfig, PemtModel
+
+    >>> config = PemtConfig()  # the paper's model
+    >>> model = PemtModel(config)
+    >>> tiny = PemtConfig.from_preset("tiny")
+    ```"""
+
+    model_type = "pemt"
+
+    num_segments: int = 10
+    frames_per_segment: int = 32
+    frame_stride: int = 2
+    video_fps: float | int = 30.0
+    train_short_side_range: list[int] | tuple[int, int] = (128, 160)
+    train_crop_size: int = 112
+    eval_short_side: int = 128
+    eval_crop_size: int = 128
+    image_mean: float = 0.45
+    image_std: float = 0.225
+
+    audio_sampling_rate: int = 44100
+    num_mel_bins: int = 80
+    n_fft: int = 1472
+    hop_length: int = 736
+    audio_frames: int = 128
+    log_offset: float = 1e-6
+    spec_augment_ratio: float = 0.05
+
+    visual_cnn_width: int = 64
+    visual_cnn_depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    visual_cnn_temporal_kernels: list[int] | tuple[int, ...] = (1, 1, 3, 3)
+    visual_stem_temporal_kernel: int = 5
+    audio_cnn_width: int = 32
+    audio_cnn_depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    audio_separable_stages: int = 2
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 22
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    share_layers: bool = True
+    share_modalities: bool = True
+    low_rank_dim: int = 128
+
+    cnn_chunk_size: int = 0
+    cnn_checkpointing: bool = False
+
+    mask_probability: float = 0.15
+    mep_num_negatives: int = 16
+    mep_temperature: float = 0.1
+    negative_sampling: str = "similar"
+    negative_sampling_temperature: float = 0.1
+
+    classifier_modality: str = "audio-visual"
+
+    @property
+    def visual_embedding_dim(self) -> int:
+        """Width of the visual CNN's pooled output (2048 for the paper's ResNet-50)."""
+        return self.visual_cnn_width * 2 ** (len(self.visual_cnn_depths) - 1) * 4
+
+    @property
+    def audio_embedding_dim(self) -> int:
+        """Width of the audio CNN's pooled output (1024 for the paper's half-width ResNet-50)."""
+        return self.audio_cnn_width * 2 ** (len(self.audio_cnn_depths) - 1) * 4
+
+    @property
+    def audio_segment_samples(self) -> int:
+        """Audio samples spanning one visual segment (94,080 at the paper's settings)."""
+        seconds = self.frames_per_segment * self.frame_stride / self.video_fps
+        return round(seconds * self.audio_sampling_rate)
+
+    def __post_init__(self, **kwargs):
+        # JSON turns tuples into lists; normalising keeps a loaded config equal to the one saved.
+        for name in ("train_short_side_range", "visual_cnn_depths", "visual_cnn_temporal_kernels", "audio_cnn_depths"):
+            setattr(self, name, tuple(getattr(self, name)))
+        # Checked here rather than in a `validate_*` hook so that users get a plain `ValueError`.
+        self.check_values()
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Raises `ValueError` naming the field to change when the numbers cannot build a model."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); change one of them."
+            )
+        if self.low_rank_dim < 0 or self.low_rank_dim > self.hidden_size:
+            raise ValueError(
+                f"low_rank_dim ({self.low_rank_dim}) must lie between 0 (no decomposition) and hidden_size "
+                f"({self.hidden_size}); a rank above the width saves nothing."
+            )
+        if self.num_segments + 1 > self.max_position_embeddings:
+            raise ValueError(
+                f"num_segments ({self.num_segments}) needs {self.num_segments + 1} position slots with the summary "
+                f"token, but max_position_embeddings is {self.max_position_embeddings}; raise it or use fewer segments."
+            )
+        if len(self.visual_cnn_temporal_kernels) != len(self.visual_cnn_depths):
+            raise ValueError(
+                f"visual_cnn_temporal_kernels has {len(self.visual_cnn_temporal_kernels)} entries but visual_cnn_depths "
+                f"has {len(self.visual_cnn_depths)} stages; give one temporal kernel per stage."
+            )
+        if not 0 <= self.audio_separable_stages <= len(self.audio_cnn_depths):
+            raise ValueError(
+                f"audio_separable_stages ({self.audio_separable_stages}) must be between 0 and the number of audio "
+                f"stages ({len(self.audio_cnn_depths)})."
+            )
+        if self.train_crop_size > min(self.train_short_side_range) or self.eval_crop_size > self.eval_short_side:
+            raise ValueError(
+                "crop sizes must not exceed the short side they are cropped from: check train_crop_size against "
+                "train_short_side_range and eval_crop_size against eval_short_side."
+            )
+        if self.negative_sampling not in NEGATIVE_SAMPLING_VARIANTS:
+            raise ValueError(
+                f"negative_sampling is {self.negative_sampling!r}; choose one of {', '.join(NEGATIVE_SAMPLING_VARIANTS)}."
+            )
+        if self.classifier_modality not in CLASSIFIER_MODALITIES:
+            raise ValueError(
+                f"classifier_modality is {self.classifier_modality!r}; choose one of {', '.join(CLASSIFIER_MODALITIES)}."
+            )
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError(f"mask_probability ({self.mask_probability}) must lie strictly between 0 and 1.")
+        if self.cnn_chunk_size < 0:
+            raise ValueError(f"cnn_chunk_size ({self.cnn_chunk_size}) must be 0 (no chunking) or a positive count.")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PemtConfig":
+        """Builds a named preset (`"paper"`, `"small"`, `"tiny"`), with any field overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)} or pass a config path.")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform")
+CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
+
+# Presets are data: each is a set of overrides of the paper's defaults. "tiny" exists for unit tests (every
+# forward well under a second on a CPU core); "small" is what the CPU demo pretrains in minutes.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "small": {
+        "num_segments": 4,
+        "frames_per_segment": 8,
+        "frame_stride": 4,
+        "video_fps": 30.0,
+        "train_short_side_range": (40, 48),
+        "train_crop_size": 32,
+        "eval_short_side": 40,
+        "eval_crop_size": 32,
+        "audio_sampling_rate": 16000,
+        "num_mel_bins": 40,
+        "n_fft": 512,
+        "hop_length": 256,
+        "audio_frames": 64,
+        "visual_cnn_width": 8,
+        "visual_cnn_depths": (1, 1, 1, 1),
+        "visual_stem_temporal_kernel": 3,
+        "audio_cnn_width": 8,
+        "audio_cnn_depths": (1, 1, 1, 1),
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "low_rank_dim": 16,
+        "max_position_embeddings": 16,
+        "mep_num_negatives": 8,
+    },
+    "tiny": {
+        "num_segments": 3,
+        "frames_per_segment": 4,
+        "frame_stride": 2,
+        "video_fps": 10.0,
+        "train_short_side_range": (20, 24),
+        "train_crop_size": 16,
+        "eval_short_side": 20,
+        "eval_crop_size": 16,
+        "audio_sampling_rate": 8000,
+        "num_mel_bins": 16,
+        "n_fft": 256,
+        "hop_length": 128,
+        "audio_frames": 16,
+        "visual_cnn_width": 4,
+        "visual_cnn_depths": (1, 1, 1, 1),
+        "visual_stem_temporal_kernel": 3,
+        "audio_cnn_width": 4,
+        "audio_cnn_depths": (1, 1, 1, 1),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "low_rank_dim": 8,
+        "max_position_embeddings": 8,
+        "mep_num_negatives": 4,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    },
+}
+
+
+__all__ = ["PemtConfig", "PRESETS"]
