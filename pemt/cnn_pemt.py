@@ -1,0 +1,154 @@
+"""The per-segment CNNs of PEMT: a 3D ResNet for video and a 2D ResNet for log-mel audio.
+
+Each maps one segment to one embedding (global average pool of the last stage). Depths and widths come from
+`PemtConfig`; the defaults are the paper's ResNet-50s (about 31.7M visual and 5.8M audio parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .configuration_pemt import PemtConfig
+
+# Bottleneck blocks widen their output 4x, as in every ResNet-50.
+EXPANSION = 4
+
+
+def _conv_bn_relu(conv: nn.Module, channels: int, norm: type[nn.Module], relu: bool = True) -> list[nn.Module]:
+    layers = [conv, norm(channels)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class PemtVisualBottleneck(nn.Module):
+    """3D bottleneck: a temporal-only first convolution (kernel `t x 1 x 1`), a spatial 1 x 3 x 3 convolution
+    that carries the stage's spatial stride, and a 1 x 1 x 1 expansion."""
+
+    def __init__(self, in_channels: int, inner: int, temporal_kernel: int, spatial_stride: int):
+        super().__init__()
+        out = inner * EXPANSION
+        self.branch = nn.Sequential(
+            *_conv_bn_relu(
+                nn.Conv3d(in_channels, inner, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False),
+                inner,
+                nn.BatchNorm3d,
+            ),
+            *_conv_bn_relu(
+                nn.Conv3d(inner, inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride), padding=(0, 1, 1), bias=False),
+                inner,
+                nn.BatchNorm3d,
+            ),
+            *_conv_bn_relu(nn.Conv3d(inner, out, 1, bias=False), out, nn.BatchNorm3d, relu=False),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if in_channels == out and spatial_stride == 1
+            else nn.Sequential(
+                nn.Conv3d(in_channels, out, 1, stride=(1, spatial_stride, spatial_stride), bias=False),
+                nn.BatchNorm3d(out),
+            )
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.branch(x) + self.shortcut(x))
+
+
+class PemtAudioBottleneck(nn.Module):
+    """2D bottleneck over (mel, time). Early stages factor the 3 x 3 convolution into 3 x 1 (frequency) then
+    1 x 3 (time); each factor carries the stride along its own axis."""
+
+    def __init__(self, in_channels: int, inner: int, stride: int, separable: bool):
+        super().__init__()
+        out = inner * EXPANSION
+        if separable:
+            middle = [
+                *_conv_bn_relu(nn.Conv2d(inner, inner, (3, 1), stride=(stride, 1), padding=(1, 0), bias=False), inner, nn.BatchNorm2d),
+                *_conv_bn_relu(nn.Conv2d(inner, inner, (1, 3), stride=(1, stride), padding=(0, 1), bias=False), inner, nn.BatchNorm2d),
+            ]
+        else:
+            middle = _conv_bn_relu(nn.Conv2d(inner, inner, 3, stride=stride, padding=1, bias=False), inner, nn.BatchNorm2d)
+        self.branch = nn.Sequential(
+            *_conv_bn_relu(nn.Conv2d(in_channels, inner, 1, bias=False), inner, nn.BatchNorm2d),
+            *middle,
+            *_conv_bn_relu(nn.Conv2d(inner, out, 1, bias=False), out, nn.BatchNorm2d, relu=False),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if in_channels == out and stride == 1
+            else nn.Sequential(nn.Conv2d(in_channels, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.branch(x) + self.shortcut(x))
+
+
+def _stages(blocks_per_stage: Sequence[int], width: int, make_block) -> tuple[nn.Sequential, int]:
+    """Chains ResNet stages; `make_block(stage, index, in_channels, inner)` builds one block."""
+    stages, channels = [], width
+    for stage, depth in enumerate(blocks_per_stage):
+        inner = width * 2**stage
+        blocks = []
+        for index in range(depth):
+            blocks.append(make_block(stage, index, channels, inner))
+            channels = inner * EXPANSION
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*stages), channels
+
+
+class PemtVisualCNN(nn.Module):
+    """Single-pathway 3D ResNet: `[N, 3, frames, H, W]` -> `[N, visual_embedding_dim]`."""
+
+    def __init__(self, config: PemtConfig):
+        super().__init__()
+        width, t = config.visual_cnn_width, config.visual_stem_temporal_kernel
+        self.stem = nn.Sequential(
+            *_conv_bn_relu(
+                nn.Conv3d(3, width, (t, 7, 7), stride=(2, 2, 2), padding=(t // 2, 3, 3), bias=False), width, nn.BatchNorm3d
+            ),
+            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        )
+        kernels = config.visual_cnn_temporal_kernels
+        self.stages, self.output_dim = _stages(
+            config.visual_cnn_depths,
+            width,
+            lambda stage, index, cin, inner: PemtVisualBottleneck(
+                cin, inner, kernels[stage], spatial_stride=2 if stage > 0 and index == 0 else 1
+            ),
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(pixel_values)).mean(dim=(2, 3, 4))
+
+
+class PemtAudioCNN(nn.Module):
+    """2D ResNet over log-mel spectrograms, stride 2 in every stage: `[N, 1, mels, frames]` -> `[N, audio_embedding_dim]`."""
+
+    def __init__(self, config: PemtConfig):
+        super().__init__()
+        width = config.audio_cnn_width
+        # A separable stem looks along frequency and time separately, which suits spectrograms better than a
+        # square kernel: harmonics and onsets are axis-aligned.
+        self.stem = nn.Sequential(
+            *_conv_bn_relu(nn.Conv2d(1, width, (9, 1), padding=(4, 0), bias=False), width, nn.BatchNorm2d),
+            *_conv_bn_relu(nn.Conv2d(width, width, (1, 9), padding=(0, 4), bias=False), width, nn.BatchNorm2d),
+        )
+        separable = config.audio_separable_stages
+        self.stages, self.output_dim = _stages(
+            config.audio_cnn_depths,
+            width,
+            lambda stage, index, cin, inner: PemtAudioBottleneck(
+                cin, inner, stride=2 if index == 0 else 1, separable=stage < separable
+            ),
+        )
+
+    def forward(self, audio_values: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(audio_values)).mean(dim=(2, 3))
+
+
+__all__ = ["PemtVisualCNN", "PemtAudioCNN"]
