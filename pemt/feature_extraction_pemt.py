@@ -78,11 +78,12 @@ class PemtFeatureExtractor(SequenceFeatureExtractor):
         audio_frames: int = 128,
         log_offset: float = 1e-6,
         spec_augment_ratio: float = 0.05,
-        padding_value: float | None = None,
         **kwargs,
     ):
-        padding_value = math.log(log_offset) if padding_value is None else padding_value
-        super().__init__(feature_size=num_mel_bins, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        # Saved configs carry the base class's derived fields; they are rebuilt from the ones above.
+        for derived in ("feature_size", "feature_extractor_type", "padding_value"):
+            kwargs.pop(derived, None)
+        super().__init__(feature_size=num_mel_bins, sampling_rate=sampling_rate, padding_value=math.log(log_offset), **kwargs)
         self.num_mel_bins = num_mel_bins
         self.n_fft = n_fft
         self.hop_length = hop_length

@@ -1,0 +1,247 @@
+"""PEMT's processor: video files (or decoded arrays) in, segment tensors out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor, AutoProcessor, BatchFeature, ProcessorMixin
+
+from .configuration_pemt import PemtConfig
+from .decoding import DecodedSegments, SegmentTiming, VideoDecodeError, VideoSource, open_clip
+from .feature_extraction_pemt import PemtFeatureExtractor
+from .video_processing_pemt import PemtVideoProcessor
+
+__all__ = ["PemtProcessor", "segment_starts"]
+
+
+def segment_starts(
+    duration: float,
+    span: float,
+    num_segments: int,
+    num_views: int = 1,
+    training: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[list[float]]:
+    """Start times (seconds) of `num_segments` segments of `span` seconds in a clip of `duration` seconds.
+
+    Evaluation: for one view, evenly spaced from 0 to `duration - span` (a single segment sits in the middle);
+    `num_views = k` views interleave, view `v` shifted by `v / k` of the spacing, the last view ending at the clip's
+    end. Training: one random start per equal slice of `[0, duration - span]`, so segments stay in order and spread
+    over the clip. A clip shorter than the span gives starts at 0 (its frames are held at the end).
+    """
+    room = max(duration - span, 0.0)
+    if training:
+        slot = room / num_segments
+        return [
+            [(i + float(torch.rand((), generator=generator))) * slot for i in range(num_segments)]
+            for _ in range(num_views)
+        ]
+    if num_segments == 1 and num_views == 1:
+        return [[room / 2]]
+    step = room / (num_segments - 1 + (num_views - 1) / num_views)
+    return [[(i + v / num_views) * step for i in range(num_segments)] for v in range(num_views)]
+
+
+class PemtProcessor(ProcessorMixin):
+    r"""
+    Builds PEMT's inputs from videos: decodes only the spans the segments cover (see [`open_clip`]), then turns
+    frames into `pixel_values` with [`PemtVideoProcessor`] and audio into log-mel `audio_values` with
+    [`PemtFeatureExtractor`].
+
+    A clip becomes `num_segments` segments of `frames_per_segment * frame_stride / video_fps` seconds each. For
+    evaluation they are evenly spaced over the clip and overlap when the clip is shorter than their total span;
+    for training they are placed at random (one per equal slice of the clip). The padding rule: a clip shorter than
+    one segment (or arrays with fewer frames than one segment needs) gives a single real segment, its last frame
+    held and its audio padded with silence, followed by `num_segments - 1` zero segments with mask 0.
+
+    A modality the clip lacks gives zeros and an all-zero mask, unless `require_audio` / `require_video` asks for
+    an error.
+
+    Args:
+        feature_extractor ([`PemtFeatureExtractor`]): the audio part.
+        video_processor ([`PemtVideoProcessor`]): the visual part, with the frame-sampling numbers.
+        num_segments (`int`, *optional*, defaults to 10): segments `T` per clip.
+
+    Example:
+
+    ```python
+    >>> from pemt import PemtConfig, PemtProcessor
+
+    >>> processor = PemtProcessor.from_model_config(PemtConfig.from_preset("tiny"))
+    >>> inputs = processor(videos=["a.mp4", "b.mkv"], return_tensors="pt")
+    >>> inputs["pixel_values"].shape  # [B, T, 3, F, crop, crop]
+    torch.Size([2, 3, 3, 4, 16, 16])
+    ```"""
+
+    def __init__(
+        self, feature_extractor: PemtFeatureExtractor, video_processor: PemtVideoProcessor, num_segments: int = 10, **kwargs
+    ):
+        super().__init__(feature_extractor=feature_extractor, video_processor=video_processor, **kwargs)
+        self.num_segments = num_segments
+
+    @classmethod
+    def from_model_config(cls, config: PemtConfig) -> PemtProcessor:
+        """Builds the processor from the input fields of a model config."""
+        return cls(
+            PemtFeatureExtractor.from_model_config(config),
+            PemtVideoProcessor.from_model_config(config),
+            num_segments=config.num_segments,
+        )
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # The sub-processors are loaded by their own classes: `AutoVideoProcessor` needs torchvision, which PEMT
+        # does not use.
+        processor_dict = processor_dict or {}
+        return [
+            PemtFeatureExtractor(**processor_dict["feature_extractor"]),
+            PemtVideoProcessor(**processor_dict["video_processor"]),
+        ]
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
+        # The generic check resolves video processors through a registry that exists only with torchvision.
+        expected = {"feature_extractor": PemtFeatureExtractor, "video_processor": PemtVideoProcessor}[argument_name]
+        if not isinstance(argument, expected):
+            raise TypeError(f"{argument_name} must be a {expected.__name__}; got a {type(argument).__name__}.")
+        return expected
+
+    @property
+    def timing(self) -> SegmentTiming:
+        """Where frames and samples of a segment lie in time."""
+        video = self.video_processor
+        return SegmentTiming(video.frames_per_segment, video.frame_stride, video.video_fps, self.feature_extractor.sampling_rate)
+
+    def decode(
+        self,
+        video: VideoSource,
+        training: bool = False,
+        num_temporal_views: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[DecodedSegments, np.ndarray, str]:
+        """Decodes the segments of one clip, all views at once (overlapping views share decoding).
+
+        Returns:
+            `(segments, real, name)`: segments `[k * T, ...]` view-major, a boolean `[k * T]` mask of real segments,
+            and the clip's name for messages.
+        """
+        timing = self.timing
+        with open_clip(video) as clip:
+            if clip.duration < timing.span:
+                starts = [[0.0] * self.num_segments for _ in range(num_temporal_views)]
+                real = np.zeros((num_temporal_views, self.num_segments), dtype=bool)
+                real[:, 0] = True
+            else:
+                starts = segment_starts(
+                    clip.duration, timing.span, self.num_segments, num_temporal_views, training, generator
+                )
+                real = np.ones((num_temporal_views, self.num_segments), dtype=bool)
+            flat = [s for view in starts for s in view]
+            unique = sorted(set(flat))
+            decoded = clip.read_segments(unique, timing)
+            index = [unique.index(s) for s in flat]
+            frames = decoded.frames[index] if decoded.frames is not None else None
+            waveform = decoded.waveform[index] if decoded.waveform is not None else None
+            return DecodedSegments(frames, waveform), real.reshape(-1), clip.name
+
+    def _clip_features(
+        self,
+        video: VideoSource,
+        training: bool,
+        num_temporal_views: int,
+        require_audio: bool,
+        require_video: bool,
+        generator: torch.Generator | None,
+    ) -> dict[str, torch.Tensor]:
+        segments, real, name = self.decode(video, training, num_temporal_views, generator)
+        count = len(real)
+        mask = torch.as_tensor(real, dtype=torch.long)
+        if segments.frames is None:
+            if require_video:
+                raise VideoDecodeError(f"{name}: no video stream, and require_video=True.")
+            crop = self.video_processor.train_crop_size if training else self.video_processor.eval_crop_size
+            pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop)
+            pixel_mask = torch.zeros(count, dtype=torch.long)
+        else:
+            pixels = self.video_processor(torch.from_numpy(segments.frames), training=training, generator=generator, return_tensors="pt")["pixel_values"]
+            pixel_mask = mask
+        if segments.waveform is None:
+            if require_audio:
+                raise VideoDecodeError(f"{name}: no audio stream, and require_audio=True.")
+            extractor = self.feature_extractor
+            audio = torch.zeros(count, 1, extractor.num_mel_bins, extractor.audio_frames)
+            audio_mask = torch.zeros(count, dtype=torch.long)
+        else:
+            audio = self.feature_extractor(segments.waveform, training=training, generator=generator, return_tensors="pt")["audio_values"]
+            audio_mask = mask
+        # Padding segments are zeros whatever the decoder gave for them.
+        pixels[~real] = 0
+        audio[~real] = 0
+        return {"pixel_values": pixels, "audio_values": audio, "pixel_mask": pixel_mask, "audio_mask": audio_mask}
+
+    def __call__(
+        self,
+        videos: VideoSource | Sequence[VideoSource] = None,
+        return_tensors: str | None = "pt",
+        training: bool = False,
+        num_temporal_views: int = 1,
+        require_audio: bool = False,
+        require_video: bool = False,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Args:
+            videos: one clip or a list: paths, bytes, binary file objects, `datasets` video values, or dicts of
+                decoded arrays (`frames` + `video_fps`, `waveform` + `sampling_rate`).
+            return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` or `"np"`.
+            training (`bool`, *optional*, defaults to `False`): random segment placement, crops and SpecAugment.
+            num_temporal_views (`int`, *optional*, defaults to 1): `k` evenly shifted sets of segments per clip;
+                the batch holds `B * k` rows, clip-major (all views of clip 0, then of clip 1, ...).
+            require_audio (`bool`, *optional*, defaults to `False`): a clip without audio is an error.
+            require_video (`bool`, *optional*, defaults to `False`): a clip without video is an error.
+            generator (`torch.Generator`, *optional*): randomness of training placement and augmentation.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` `[B * k, T, 3, F, crop, crop]`, `audio_values`
+            `[B * k, T, 1, num_mel_bins, audio_frames]`, and `pixel_mask`, `audio_mask` `[B * k, T]` (1: real).
+
+        Raises:
+            [`VideoDecodeError`]: a clip cannot be read, or lacks a required modality; the message names it.
+        """
+        if videos is None:
+            raise ValueError("PemtProcessor needs `videos`.")
+        if not isinstance(videos, (list, tuple)):
+            videos = [videos]
+        clips = [
+            self._clip_features(v, training, num_temporal_views, require_audio, require_video, generator) for v in videos
+        ]
+        shape = (len(videos) * num_temporal_views, self.num_segments)
+        data = {key: torch.cat([c[key] for c in clips]).reshape(*shape, *clips[0][key].shape[1:]) for key in clips[0]}
+        if return_tensors != "pt":
+            data = {key: value.numpy() for key, value in data.items()}
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "audio_values", "pixel_mask", "audio_mask"]
+
+
+def register_auto_classes() -> None:
+    """Registers PEMT's config, processor and feature extractor with the `transformers` auto classes in this process,
+    so that `AutoProcessor.from_pretrained(directory)` loads a saved PEMT directory without remote code.
+    (`AutoVideoProcessor` is left alone: it needs torchvision, which PEMT does not use.)"""
+    from transformers import AutoConfig
+
+    AutoConfig.register("pemt", PemtConfig, exist_ok=True)
+    AutoProcessor.register(PemtConfig, PemtProcessor, exist_ok=True)
+    AutoFeatureExtractor.register(PemtConfig, PemtFeatureExtractor, exist_ok=True)
+
+
+# Saved processors carry `auto_map` entries (loadable with `trust_remote_code=True` where pemt is not installed),
+# and this process resolves `AutoProcessor` for pemt directories directly.
+PemtProcessor.register_for_auto_class()
+PemtFeatureExtractor.register_for_auto_class()
+register_auto_classes()

@@ -1,0 +1,188 @@
+"""Resizing, cropping and normalisation of PEMT's visual segments."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+from transformers.video_processing_utils import VideoProcessorMixin
+
+from .configuration_pemt import PemtConfig
+
+__all__ = ["PemtVideoProcessor"]
+
+
+class PemtVideoKwargs(TypedDict, total=False):
+    frames_per_segment: int
+    frame_stride: int
+    video_fps: float
+    train_short_side_range: list[int]
+    train_crop_size: int
+    eval_short_side: int
+    eval_crop_size: int
+    image_mean: float
+    image_std: float
+
+
+class PemtVideoProcessor(VideoProcessorMixin):
+    r"""
+    Turns the RGB frames of PEMT segments into model input. Training: the short side is resized to a length drawn
+    uniformly from `train_short_side_range`, then a random `train_crop_size` square is cut, the same for every
+    frame of a segment. Evaluation: the short side is resized to `eval_short_side`, then the centre
+    `eval_crop_size` square is cut. Values are scaled to [0, 1] and normalised with `image_mean` / `image_std`.
+
+    Resizing is bilinear with antialiasing (`torch.nn.functional.interpolate`), run on uint8 frames at once for
+    all frames of a segment: the uint8 path of PyTorch is several times faster than float on CPU and rounds to
+    the same 8-bit values a stored frame would hold.
+
+    The frame-sampling numbers (`frames_per_segment`, `frame_stride`, `video_fps`) live here too, as they do in
+    `transformers` video processors; [`PemtProcessor`] reads them when it decodes.
+
+    Args:
+        frames_per_segment (`int`, *optional*, defaults to 32): frames per segment.
+        frame_stride (`int`, *optional*, defaults to 2): every `frame_stride`-th frame at `video_fps` is taken.
+        video_fps (`float`, *optional*, defaults to 30.0): rate the video is resampled to.
+        train_short_side_range (`list[int]`, *optional*, defaults to `[128, 160]`): training short-side range.
+        train_crop_size (`int`, *optional*, defaults to 112): training crop side.
+        eval_short_side (`int`, *optional*, defaults to 128): evaluation short side.
+        eval_crop_size (`int`, *optional*, defaults to 128): evaluation crop side.
+        image_mean (`float`, *optional*, defaults to 0.45): mean subtracted from every channel.
+        image_std (`float`, *optional*, defaults to 0.225): standard deviation every channel is divided by.
+    """
+
+    model_input_names = ["pixel_values"]
+    valid_kwargs = PemtVideoKwargs
+
+    def __init__(
+        self,
+        frames_per_segment: int = 32,
+        frame_stride: int = 2,
+        video_fps: float = 30.0,
+        train_short_side_range: list[int] | tuple[int, int] = (128, 160),
+        train_crop_size: int = 112,
+        eval_short_side: int = 128,
+        eval_crop_size: int = 128,
+        image_mean: float = 0.45,
+        image_std: float = 0.225,
+        **kwargs,
+    ):
+        kwargs.pop("video_processor_type", None)
+        super().__init__(**kwargs)
+        self.frames_per_segment = frames_per_segment
+        self.frame_stride = frame_stride
+        self.video_fps = float(video_fps)
+        self.train_short_side_range = [int(s) for s in train_short_side_range]
+        self.train_crop_size = train_crop_size
+        self.eval_short_side = eval_short_side
+        self.eval_crop_size = eval_crop_size
+        self.image_mean = image_mean
+        self.image_std = image_std
+
+    @classmethod
+    def from_model_config(cls, config: PemtConfig) -> PemtVideoProcessor:
+        """Builds the processor from a model config's visual fields."""
+        return cls(
+            frames_per_segment=config.frames_per_segment,
+            frame_stride=config.frame_stride,
+            video_fps=config.video_fps,
+            train_short_side_range=list(config.train_short_side_range),
+            train_crop_size=config.train_crop_size,
+            eval_short_side=config.eval_short_side,
+            eval_crop_size=config.eval_crop_size,
+            image_mean=config.image_mean,
+            image_std=config.image_std,
+        )
+
+    def storage_side(self, training: bool) -> int:
+        """Side of the square frames [`shrink`] keeps: large enough for every crop the mode can take."""
+        return max(self.train_short_side_range) if training else self.eval_short_side
+
+    @staticmethod
+    def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
+        """Resizes `[N, H, W, 3]` frames so that the short side is `size` (aspect ratio kept)."""
+        height, width = frames.shape[1:3]
+        if min(height, width) == size:
+            return frames
+        scale = size / min(height, width)
+        new_size = (max(size, round(height * scale)), max(size, round(width * scale)))
+        images = frames.permute(0, 3, 1, 2)  # a channels-last view, which the fast uint8 kernel expects
+        if images.dtype != torch.uint8:
+            images = images.float()
+        resized = torch.nn.functional.interpolate(images, size=new_size, mode="bilinear", antialias=True, align_corners=False)
+        return resized.permute(0, 2, 3, 1)
+
+    @staticmethod
+    def crop(frames: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
+        return frames[:, top : top + size, left : left + size]
+
+    def _center_crop(self, frames: torch.Tensor, size: int) -> torch.Tensor:
+        height, width = frames.shape[1:3]
+        return self.crop(frames, size, (height - size) // 2, (width - size) // 2)
+
+    def shrink(self, frames: torch.Tensor | np.ndarray, training: bool) -> torch.Tensor:
+        """Frames `[..., H, W, 3]` reduced to centre squares of [`storage_side`], still uint8: what a preprocessed
+        data set stores so that this processor's crops can be taken later without the video file."""
+        frames = torch.as_tensor(frames)
+        lead = frames.shape[:-3]
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        side = self.storage_side(training)
+        out = self._center_crop(self.resize_short_side(flat, side), side)
+        return out.reshape(*lead, side, side, 3)
+
+    def _normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """`[F, h, w, 3]` → `[3, F, h, w]` float, scaled and normalised."""
+        scale = 255.0 if frames.dtype == torch.uint8 else 1.0
+        pixels = frames.permute(3, 0, 1, 2).float()
+        return (pixels / scale - self.image_mean) / self.image_std
+
+    def process_segment(
+        self, frames: torch.Tensor, training: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One segment `[F, H, W, 3]` (uint8, or float in [0, 1]) → `[3, F, crop, crop]` float32."""
+        if training:
+            low, high = self.train_short_side_range
+            side = int(torch.randint(low, high + 1, (1,), generator=generator))
+            resized = self.resize_short_side(frames, side)
+            height, width = resized.shape[1:3]
+            size = self.train_crop_size
+            top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+            return self._normalize(self.crop(resized, size, top, left))
+        resized = self.resize_short_side(frames, self.eval_short_side)
+        return self._normalize(self._center_crop(resized, self.eval_crop_size))
+
+    def preprocess(
+        self,
+        videos: torch.Tensor | np.ndarray,
+        training: bool = False,
+        generator: torch.Generator | None = None,
+        return_tensors: str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Args:
+            videos (`torch.Tensor` or `np.ndarray`): segments `[S, F, H, W, 3]` (or one `[F, H, W, 3]`), uint8 or
+                float in [0, 1].
+            training (`bool`, *optional*, defaults to `False`): random short side and crop instead of centre crop.
+            generator (`torch.Generator`, *optional*): randomness of the training crops.
+            return_tensors (`str`, *optional*): `"pt"`, `"np"` or `None` (NumPy).
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` `[S, 3, F, crop, crop]`.
+        """
+        segments = torch.as_tensor(videos)
+        if segments.ndim == 4:
+            segments = segments[None]
+        if training:
+            pixels = torch.stack([self.process_segment(s, True, generator) for s in segments])
+        else:
+            # Evaluation uses one size for every segment, so all frames of the clip are resized in one call.
+            flat = segments.reshape(-1, *segments.shape[-3:])
+            resized = self._center_crop(self.resize_short_side(flat, self.eval_short_side), self.eval_crop_size)
+            pixels = self._normalize(resized).unflatten(1, segments.shape[:2]).permute(1, 0, 2, 3, 4)
+        return BatchFeature({"pixel_values": pixels if return_tensors == "pt" else pixels.numpy()}, tensor_type=return_tensors)
+
+    def __call__(self, videos: torch.Tensor | np.ndarray, **kwargs) -> BatchFeature:
+        return self.preprocess(videos, **kwargs)
