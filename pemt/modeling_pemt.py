@@ -520,8 +520,11 @@ class PemtModel(PemtPreTrainedModel):
             raise ValueError("PemtModel needs pixel_values, audio_values, or both (or their CNN embeddings).")
 
         fields = {"visual_embeddings": visual_embeddings, "audio_embeddings": audio_embeddings}
-        # Sigma_g is used by every layer application; caching computes each orthogonal matrix once per forward.
-        with parametrize.cached():
+        # Sigma_g is used by every layer application; caching computes each orthogonal matrix once per forward. Not
+        # under layer checkpointing: the recomputed layer would rebuild Sigma that the first pass took from the cache,
+        # and checkpointing requires both passes to do the same work.
+        recomputing_layers = self.is_activation_checkpointing and self.training
+        with contextlib.nullcontext() if recomputing_layers else parametrize.cached():
             key_masks = {}
             for modality, cnn_embeddings, mask, embeddings in (
                 (VISUAL, visual_embeddings, pixel_mask, self.visual_embeddings),
