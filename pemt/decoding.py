@@ -353,7 +353,8 @@ def _open_container(file: str | BinaryIO, name: str) -> MediaClip:
     try:
         container = av.open(file, mode="r")
     except (av.error.FFmpegError, OSError) as err:
-        raise VideoDecodeError(f"{name}: not a readable media file, or truncated ({err}).") from err
+        reason = getattr(err, "strerror", None) or str(err)
+        raise VideoDecodeError(f"{name}: not a readable media file, or truncated ({reason}).") from err
     try:
         return MediaClip(container, name)
     except BaseException:

@@ -1,0 +1,238 @@
+"""Labelled video data sets, preprocessed once into tensors with `datasets.map`.
+
+Storage choice: each clip is decoded once at evenly spaced segments; frames are kept as uint8 centre squares of
+the largest side a crop can need (`PemtVideoProcessor.storage_side`), audio as log-mel spectrograms without
+SpecAugment. [`collate`] then does the cheap, random part every epoch (short-side jitter, random crop,
+SpecAugment) or, for evaluation, the centre crop. Segment placement is therefore fixed at preprocessing time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from datasets.fingerprint import Hasher
+
+from .decoding import VideoDecodeError
+from .processing_pemt import PemtProcessor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VIDEO_EXTENSIONS", "load_video_folder", "load_video_list", "from_hub_dataset", "preprocess_dataset", "collate", "label_names"]
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".ts")
+
+
+def _labelled(paths: list[str], labels: list[str], names: list[str] | None = None) -> datasets.Dataset:
+    names = names or sorted(set(labels))
+    features = datasets.Features({"video": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"video": paths, "label": [names.index(label) for label in labels]}, features=features)
+
+
+def load_video_folder(root: str | os.PathLike) -> datasets.DatasetDict | datasets.Dataset:
+    """A `videofolder` layout: `root/<class>/*.mp4`, or split folders `root/<split>/<class>/*.mp4`.
+
+    Returns a `Dataset` (no split folders) or a `DatasetDict` with columns `video` (path) and `label`
+    (`ClassLabel`, classes sorted by name and shared by all splits).
+    """
+    root = Path(root)
+
+    def scan(folder: Path) -> tuple[list[str], list[str]]:
+        paths, labels = [], []
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for file in sorted(class_dir.iterdir()):
+                if file.suffix.lower() in VIDEO_EXTENSIONS:
+                    paths.append(str(file))
+                    labels.append(class_dir.name)
+        return paths, labels
+
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    split_names = {"train", "test", "validation", "valid", "val", "dev"}
+    if subfolders and all(p.name in split_names for p in subfolders):
+        scanned = {p.name: scan(p) for p in subfolders}
+        names = sorted({label for _, labels in scanned.values() for label in labels})
+        return datasets.DatasetDict({split: _labelled(*scanned[split], names) for split in scanned})
+    return _labelled(*scan(root))
+
+
+def load_video_list(file: str | os.PathLike) -> datasets.Dataset:
+    """A CSV (`path,label` header) or JSONL (`{"path": ..., "label": ...}` per line) file; relative paths are read
+    relative to the file's folder."""
+    file = Path(file)
+    if file.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    else:
+        with file.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    paths = [str((file.parent / row["path"]).resolve()) if not os.path.isabs(row["path"]) else row["path"] for row in rows]
+    return _labelled(paths, [str(row["label"]) for row in rows])
+
+
+def from_hub_dataset(dataset: datasets.Dataset, video_column: str = "video", label_column: str = "label") -> datasets.Dataset:
+    """A `datasets.Dataset` with a video column (paths, `{"path", "bytes"}` or a `Video` feature) and a label
+    column, renamed to `video` / `label`. Videos are read undecoded so that PyAV seeks in them."""
+    if isinstance(dataset.features.get(video_column), datasets.Video):
+        dataset = dataset.cast_column(video_column, datasets.Video(decode=False))
+    renames = {old: new for old, new in ((video_column, "video"), (label_column, "label")) if old != new}
+    dataset = dataset.rename_columns(renames) if renames else dataset
+    if not isinstance(dataset.features["label"], datasets.ClassLabel):
+        dataset = dataset.class_encode_column("label")
+    return dataset
+
+
+def label_names(dataset: datasets.Dataset | datasets.DatasetDict) -> dict[int, str]:
+    """`id2label` of a data set built here (or any with a `ClassLabel` `label` column)."""
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = next(iter(dataset.values()))
+    return dict(enumerate(dataset.features["label"].names))
+
+
+def _stored_features(processor: PemtProcessor, training: bool, label_feature: Any) -> datasets.Features:
+    video, audio = processor.video_processor, processor.feature_extractor
+    side = video.storage_side(training)
+    segments = processor.num_segments
+    return datasets.Features(
+        {
+            "frames": datasets.Array5D((segments, video.frames_per_segment, side, side, 3), "uint8"),
+            "audio_values": datasets.Array4D((segments, 1, audio.num_mel_bins, audio.audio_frames), "float32"),
+            "pixel_mask": datasets.Sequence(datasets.Value("int64"), length=segments),
+            "audio_mask": datasets.Sequence(datasets.Value("int64"), length=segments),
+            "label": label_feature,
+            "source": datasets.Value("string"),
+            "error": datasets.Value("string"),
+        }
+    )
+
+
+def _describe(video: Any) -> str:
+    if isinstance(video, dict):
+        return str(video.get("path") or "<bytes>")
+    return str(video) if isinstance(video, (str, os.PathLike)) else type(video).__name__
+
+
+def _preprocess_batch(batch: dict[str, list], processor: PemtProcessor, training: bool) -> dict[str, list]:
+    out: dict[str, list] = {key: [] for key in ("frames", "audio_values", "pixel_mask", "audio_mask", "label", "source", "error")}
+    video_processor = processor.video_processor
+    side = video_processor.storage_side(training)
+    for video, label in zip(batch["video"], batch["label"]):
+        empty = {
+            "frames": np.zeros((processor.num_segments, video_processor.frames_per_segment, side, side, 3), np.uint8),
+            "audio_values": np.zeros((processor.num_segments, 1, processor.feature_extractor.num_mel_bins, processor.feature_extractor.audio_frames), np.float32),
+        }
+        try:
+            segments, real, _ = processor.decode(video)
+            mask = real.astype(np.int64)
+            if segments.frames is not None:
+                frames = video_processor.shrink(segments.frames, training).numpy()
+                frames[~real] = 0
+            else:
+                frames = empty["frames"]
+            if segments.waveform is not None:
+                audio = processor.feature_extractor(segments.waveform, return_tensors="np")["audio_values"]
+                audio[~real] = 0
+            else:
+                audio = empty["audio_values"]
+            row = {
+                "frames": frames,
+                "audio_values": audio,
+                "pixel_mask": mask * (segments.frames is not None),
+                "audio_mask": mask * (segments.waveform is not None),
+                "error": "",
+            }
+        except (VideoDecodeError, OSError, RuntimeError) as err:
+            # One unreadable file must not stop the data set; it is dropped and reported afterwards.
+            row = {**empty, "pixel_mask": np.zeros(processor.num_segments, np.int64), "audio_mask": np.zeros(processor.num_segments, np.int64), "error": str(err) or type(err).__name__}
+        row.update(label=label, source=_describe(video))
+        for key, value in row.items():
+            out[key].append(value)
+    return out
+
+
+def preprocess_dataset(
+    dataset: datasets.Dataset,
+    processor: PemtProcessor,
+    training: bool = False,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    report_path: str | os.PathLike | None = None,
+) -> datasets.Dataset:
+    """Decodes every clip of a `video` / `label` data set once and stores tensors (see the module docstring).
+
+    Args:
+        dataset (`datasets.Dataset`): from [`load_video_folder`], [`load_video_list`] or [`from_hub_dataset`].
+        processor ([`PemtProcessor`]): decides segments, sizes and spectrograms.
+        training (`bool`, *optional*, defaults to `False`): store frames large enough for training crops.
+        num_proc (`int`, *optional*): worker processes for `datasets.map`.
+        cache_dir (`str`, *optional*): where the processed arrow files go; by default the data set's own cache
+            (in-memory data sets are then not cached). A run with the same data and processor reuses the files.
+        report_path (`str`, *optional*): JSON list of skipped files and reasons; defaults to
+            `<cache_dir>/skipped.json` when a cache dir is given.
+
+    Returns:
+        `datasets.Dataset` in torch format with `frames`, `audio_values`, `pixel_mask`, `audio_mask`, `label`
+        (and `source`, the file each row came from). Unreadable files are left out, logged and reported.
+    """
+    fingerprint = Hasher.hash([dataset._fingerprint, processor.to_json_string(), training, "pemt-preprocess-v1"])
+    cache_file = None
+    if cache_dir is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        cache_file = os.path.join(cache_dir, f"pemt-{fingerprint}.arrow")
+    processed = dataset.map(
+        _preprocess_batch,
+        fn_kwargs={"processor": processor, "training": training},
+        batched=True,
+        batch_size=4,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        features=_stored_features(processor, training, dataset.features["label"]),
+        cache_file_name=cache_file,
+        new_fingerprint=fingerprint,
+        desc="Decoding videos",
+    )
+    errors = processed.filter(lambda error: error != "", input_columns="error")
+    skipped = [{"source": s, "error": e} for s, e in zip(errors["source"], errors["error"])]
+    if skipped:
+        logger.warning("Skipped %d unreadable video(s):\n%s", len(skipped), "\n".join(f"  {s['source']}: {s['error']}" for s in skipped))
+        processed = processed.filter(lambda error: error == "", input_columns="error")
+    report_path = report_path or (os.path.join(cache_dir, "skipped.json") if cache_dir is not None else None)
+    if report_path is not None:
+        Path(report_path).write_text(json.dumps(skipped, indent=2) + "\n")
+    processed = processed.remove_columns("error")
+    processed.set_format("torch", columns=["frames", "audio_values", "pixel_mask", "audio_mask", "label"], output_all_columns=True)
+    return processed
+
+
+def collate(
+    rows: list[dict[str, Any]],
+    processor: PemtProcessor,
+    training: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stacks preprocessed rows into a model batch: `pixel_values` `[B, T, 3, F, crop, crop]`, `audio_values`,
+    `pixel_mask`, `audio_mask` and `labels`. Training applies the random short side, crop and SpecAugment here, so
+    each epoch sees new augmentations. Use with `functools.partial(collate, processor=..., training=...)`."""
+    video = processor.video_processor
+    pixel_values = torch.stack(
+        [video(torch.as_tensor(row["frames"]), training=training, generator=generator, return_tensors="pt")["pixel_values"] for row in rows]
+    )
+    audio_values = torch.stack([torch.as_tensor(row["audio_values"]) for row in rows])
+    pixel_mask = torch.stack([torch.as_tensor(row["pixel_mask"]) for row in rows])
+    audio_mask = torch.stack([torch.as_tensor(row["audio_mask"]) for row in rows])
+    if training:
+        audio_values = processor.feature_extractor.spec_augment(audio_values, generator)
+    pixel_values[pixel_mask == 0] = 0
+    audio_values[audio_mask == 0] = 0
+    return {
+        "pixel_values": pixel_values,
+        "audio_values": audio_values,
+        "pixel_mask": pixel_mask,
+        "audio_mask": audio_mask,
+        "labels": torch.as_tensor([int(row["label"]) for row in rows]),
+    }
