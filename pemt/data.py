@@ -127,7 +127,7 @@ def _preprocess_batch(batch: dict[str, list], processor: PemtProcessor, training
             "audio_values": np.zeros((processor.num_segments, 1, processor.feature_extractor.num_mel_bins, processor.feature_extractor.audio_frames), np.float32),
         }
         try:
-            segments, real, _ = processor.decode(video)
+            segments, real, _ = processor.decode(video, short_side=side)
             mask = real.astype(np.int64)
             if segments.frames is not None:
                 frames = video_processor.shrink(segments.frames, training).numpy()

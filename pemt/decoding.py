@@ -146,9 +146,16 @@ class MediaClip:
         self.container.seek(0)
         return last
 
-    def read_segments(self, starts: Sequence[float], timing: SegmentTiming) -> DecodedSegments:
-        """Decodes the frames and audio of segments starting at `starts` (seconds)."""
-        frames = self._read_video(starts, timing) if self.has_video else None
+    def read_segments(
+        self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None = None
+    ) -> DecodedSegments:
+        """Decodes the frames and audio of segments starting at `starts` (seconds).
+
+        `max_short_side`: frames with a longer short side are converted to RGB at that short side by libswscale
+        (area filter) while decoding. Converting a 720p frame costs more than decoding it; the frames PEMT needs are
+        ~128 pixels, so this saves most of the time and memory. Callers then crop and resize in torch as usual.
+        """
+        frames = self._read_video(starts, timing, max_short_side) if self.has_video else None
         waveform = self._read_audio(starts, timing) if self.has_audio else None
         return DecodedSegments(frames, waveform)
 
@@ -160,19 +167,30 @@ class MediaClip:
             # Unseekable input (e.g. a pipe-like stream): decode from the start instead.
             self.container.seek(0)
 
-    def _read_video(self, starts: Sequence[float], timing: SegmentTiming) -> np.ndarray:
+    def _read_video(self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None) -> np.ndarray:
         stream = self.video_stream
         stream.thread_type = "AUTO"
-        segments: list[np.ndarray | None] = [None] * len(starts)
+        out = None
         for group_start, group_end, members in _merge_spans(starts, timing.span):
-            wanted = np.sort(np.concatenate([timing.frame_times(starts[i]) for i in members]))
-            picked = self._pick_frames(group_start, wanted)
-            lookup = dict(zip(wanted.tolist(), picked))
+            wanted = np.unique(np.concatenate([timing.frame_times(starts[i]) for i in members]))
+            picked = self._pick_frames(group_start, wanted, max_short_side)
+            if out is None:
+                out = np.empty((len(starts), timing.frames_per_segment, *picked[0].shape), dtype=np.uint8)
             for i in members:
-                segments[i] = np.stack([lookup[t] for t in timing.frame_times(starts[i]).tolist()])
-        return np.stack(segments)
+                for k, t in enumerate(np.searchsorted(wanted, timing.frame_times(starts[i]))):
+                    out[i, k] = picked[t]
+        return out
 
-    def _pick_frames(self, group_start: float, wanted: np.ndarray) -> list[np.ndarray]:
+    def _to_rgb(self, frame: av.VideoFrame, max_short_side: int | None) -> np.ndarray:
+        width, height = frame.width, frame.height
+        if max_short_side is None or min(width, height) <= max_short_side:
+            return frame.to_ndarray(format="rgb24")
+        # The same rounding as `PemtVideoProcessor.resize_short_side`, whose resize then has nothing left to do.
+        scale = max_short_side / min(width, height)
+        width, height = max(max_short_side, round(width * scale)), max(max_short_side, round(height * scale))
+        return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+
+    def _pick_frames(self, group_start: float, wanted: np.ndarray, max_short_side: int | None) -> list[np.ndarray]:
         """For each wanted time, the last decoded frame at or before it (the first frame if none is)."""
         self._seek(self.video_stream, group_start)
         picked: list[np.ndarray] = []
@@ -187,7 +205,7 @@ class MediaClip:
                     previous = frame
                 while position < len(wanted) and wanted[position] < time - 1e-6:
                     if previous_array is None:
-                        previous_array = previous.to_ndarray(format="rgb24")
+                        previous_array = self._to_rgb(previous, max_short_side)
                     picked.append(previous_array)
                     position += 1
                 if position == len(wanted):
@@ -201,7 +219,7 @@ class MediaClip:
             raise VideoDecodeError(f"{self.name}: the video stream holds no decodable frame.")
         if position < len(wanted):
             # Past the end of the stream: the last frame is held, as a player would show it.
-            last = previous_array if previous_array is not None else previous.to_ndarray(format="rgb24")
+            last = previous_array if previous_array is not None else self._to_rgb(previous, max_short_side)
             picked.extend([last] * (len(wanted) - position))
         return picked
 
@@ -285,7 +303,10 @@ class ArrayClip:
     def __exit__(self, *exc) -> None:
         pass
 
-    def read_segments(self, starts: Sequence[float], timing: SegmentTiming) -> DecodedSegments:
+    def read_segments(
+        self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None = None
+    ) -> DecodedSegments:
+        """Frames and audio of segments starting at `starts`; `max_short_side` is ignored (resizing is torch's)."""
         frames = waveform = None
         if self.frames is not None:
             times = np.stack([timing.frame_times(s) for s in starts])

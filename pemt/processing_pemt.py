@@ -120,8 +120,10 @@ class PemtProcessor(ProcessorMixin):
         training: bool = False,
         num_temporal_views: int = 1,
         generator: torch.Generator | None = None,
+        short_side: int | None = None,
     ) -> tuple[DecodedSegments, np.ndarray, str]:
-        """Decodes the segments of one clip, all views at once (overlapping views share decoding).
+        """Decodes the segments of one clip, all views at once (overlapping views share decoding). Frames come at
+        `short_side` (default: the largest the mode's crops need) when the video is larger.
 
         Returns:
             `(segments, real, name)`: segments `[k * T, ...]` view-major, a boolean `[k * T]` mask of real segments,
@@ -140,7 +142,8 @@ class PemtProcessor(ProcessorMixin):
                 real = np.ones((num_temporal_views, self.num_segments), dtype=bool)
             flat = [s for view in starts for s in view]
             unique = sorted(set(flat))
-            decoded = clip.read_segments(unique, timing)
+            short_side = short_side or self.video_processor.storage_side(training)
+            decoded = clip.read_segments(unique, timing, short_side)
             index = [unique.index(s) for s in flat]
             frames = decoded.frames[index] if decoded.frames is not None else None
             waveform = decoded.waveform[index] if decoded.waveform is not None else None

@@ -23,8 +23,11 @@ def bigbuckbunny_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def frame_pattern(index: int, height: int, width: int) -> np.ndarray:
-    """An RGB frame whose brightness encodes its index (readable back after lossy coding) plus a moving bar."""
+def frame_pattern(index: int, height: int, width: int, texture: np.ndarray | None = None) -> np.ndarray:
+    """An RGB frame whose brightness encodes its index (readable back after lossy coding) plus a moving bar; with
+    `texture`, that noise image scrolls instead, which costs a decoder about what camera footage does."""
+    if texture is not None:
+        return np.roll(texture, shift=(index * 3, index * 5), axis=(0, 1))
     level = (index * 7) % 200 + 20
     frame = np.full((height, width, 3), level, dtype=np.uint8)
     bar = (index * 4) % max(width - 8, 1)
@@ -42,10 +45,12 @@ def write_media(
     video: bool = True,
     tone_hz: float = 440.0,
     gop: int | None = None,
+    textured: bool = False,
 ) -> Path:
     """Writes h264 video (frame pattern) and AAC or PCM audio (a tone) to `path`; the container follows the suffix."""
     path = Path(path)
     height, width = size
+    texture = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8) if textured else None
     with av.open(str(path), mode="w") as container:
         video_stream = audio_stream = None
         if video:
@@ -59,7 +64,7 @@ def write_media(
             audio_stream = container.add_stream(codec, rate=sample_rate, layout=LAYOUTS[channels])
         if video_stream is not None:
             for i in range(int(round(seconds * fps))):
-                frame = av.VideoFrame.from_ndarray(frame_pattern(i, height, width), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(frame_pattern(i, height, width, texture), format="rgb24")
                 container.mux(video_stream.encode(frame))
             container.mux(video_stream.encode(None))
         if audio_stream is not None:
