@@ -117,7 +117,10 @@ def _describe(video: Any) -> str:
     return str(video) if isinstance(video, (str, os.PathLike)) else type(video).__name__
 
 
-def _preprocess_batch(batch: dict[str, list], processor: PemtProcessor, training: bool) -> dict[str, list]:
+def _preprocess_batch(batch: dict[str, list], rank: int | None, processor: PemtProcessor, training: bool) -> dict[str, list]:
+    if rank is not None:
+        # A forked worker inherits the parent's OpenMP pool state, which deadlocks in libgomp; one thread each.
+        torch.set_num_threads(1)
     out: dict[str, list] = {key: [] for key in ("frames", "audio_values", "pixel_mask", "audio_mask", "label", "source", "error")}
     video_processor = processor.video_processor
     side = video_processor.storage_side(training)
@@ -188,8 +191,10 @@ def preprocess_dataset(
         _preprocess_batch,
         fn_kwargs={"processor": processor, "training": training},
         batched=True,
+        with_rank=True,
         batch_size=4,
-        num_proc=num_proc,
+        # `datasets` starts a worker pool even for one process; in-process mapping avoids the fork.
+        num_proc=num_proc if num_proc and num_proc > 1 else None,
         remove_columns=dataset.column_names,
         features=_stored_features(processor, training, dataset.features["label"]),
         cache_file_name=cache_file,
@@ -219,8 +224,9 @@ def collate(
     `pixel_mask`, `audio_mask` and `labels`. Training applies the random short side, crop and SpecAugment here, so
     each epoch sees new augmentations. Use with `functools.partial(collate, processor=..., training=...)`."""
     video = processor.video_processor
+    # The torch format of `datasets` widens stored uint8 frames to int64; the processor scales uint8 only.
     pixel_values = torch.stack(
-        [video(torch.as_tensor(row["frames"]), training=training, generator=generator, return_tensors="pt")["pixel_values"] for row in rows]
+        [video(torch.as_tensor(row["frames"]).to(torch.uint8), training=training, generator=generator, return_tensors="pt")["pixel_values"] for row in rows]
     )
     audio_values = torch.stack([torch.as_tensor(row["audio_values"]) for row in rows])
     pixel_mask = torch.stack([torch.as_tensor(row["pixel_mask"]) for row in rows])
