@@ -171,7 +171,7 @@ class MediaClip:
         stream = self.video_stream
         stream.thread_type = "AUTO"
         out = None
-        for group_start, group_end, members in _merge_spans(starts, timing.span):
+        for group_start, _, members in _merge_spans(starts, timing.span):
             wanted = np.unique(np.concatenate([timing.frame_times(starts[i]) for i in members]))
             picked = self._pick_frames(group_start, wanted, max_short_side)
             if out is None:
