@@ -133,7 +133,8 @@ class PemtVideoProcessor(VideoProcessorMixin):
 
     def _normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """`[F, h, w, 3]` → `[3, F, h, w]` float, scaled and normalised."""
-        scale = 255.0 if frames.dtype == torch.uint8 else 1.0
+        # Integer frames are 0-255 whatever their dtype: `datasets`' torch format hands uint8 arrays back as int64.
+        scale = 1.0 if frames.is_floating_point() else 255.0
         pixels = frames.permute(3, 0, 1, 2).float()
         # One multiply and one subtract in place: this runs over every pixel of a batch.
         return pixels.mul_(1.0 / (scale * self.image_std)).sub_(self.image_mean / self.image_std)
