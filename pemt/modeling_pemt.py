@@ -571,6 +571,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def summary_and_mean(sequence: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`[summary, segments...]` `[batch, 1 + T, H]` -> `[batch, 2H]`: the summary output beside the mean segment output.
+    The mean carries the clip's content from the first step, while the summary token learns to gather it."""
+    return torch.cat([sequence[:, 0], masked_mean(sequence[:, 1:], mask)], dim=-1)
+
+
 class PemtForAudioVisualClassification(PemtPreTrainedModel):
     r"""
     PEMT with the downstream classification heads of the paper's released code: for each modality used, the summary
@@ -632,8 +638,7 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         masks = {"visual": pixel_mask, "audio": audio_mask}
         pooled = 0
         for name, sequence in self._sequences(output).items():
-            summary_and_mean = torch.cat([sequence[:, 0], masked_mean(sequence[:, 1:], masks[name])], dim=-1)
-            pooled = pooled + self.segment_poolers[name](summary_and_mean)
+            pooled = pooled + self.segment_poolers[name](summary_and_mean(sequence, masks[name]))
         logits = self.classifier(self.dropout(self.norm(pooled)))
         cnn_features = torch.cat(
             [masked_mean(output[f"{name}_embeddings"], masks[name]) for name in self.modalities], dim=-1
@@ -731,7 +736,10 @@ def sample_negatives(
             logits = anchors.new_zeros(anchors.shape[0], pool.shape[0], dtype=torch.float32)
         else:
             sign = 1.0 if variant == "similar" else -1.0
-            cosine = F.normalize(anchors.float(), dim=-1) @ F.normalize(pool.float(), dim=-1).T
+            # Pooled post-ReLU features share a large positive common component that makes every cosine near 1;
+            # centring on the pool's mean leaves the part that tells segments apart.
+            centre = pool.float().mean(dim=0)
+            cosine = F.normalize(anchors.float() - centre, dim=-1) @ F.normalize(pool.float() - centre, dim=-1).T
             logits = sign * cosine / temperature
         logits[torch.arange(anchors.shape[0], device=anchors.device), anchor_positions] = float("-inf")
         probabilities = logits.softmax(dim=-1)
@@ -767,8 +775,9 @@ class PemtForPreTraining(PemtPreTrainedModel):
       visual, audio and multimodal Transformer outputs at those positions, the true CNN embedding must outscore
       `config.mep_num_negatives` negatives drawn by [`sample_negatives`] (InfoNCE, temperature
       `config.mep_temperature`).
-    - Correct pair prediction: half of the clips get another clip's audio; an MLP on the two multimodal summary
-      outputs tells real pairs from swapped ones.
+    - Correct pair prediction: half of the clips get another clip's audio; an MLP on the multimodal outputs of the
+      two modalities (summary and mean segment output each, and their elementwise product) tells real pairs from
+      swapped ones.
     """
 
     def __init__(self, config: PemtConfig):
@@ -785,7 +794,7 @@ class PemtForPreTraining(PemtPreTrainedModel):
             }
         )
         self.cpp_head = nn.Sequential(
-            nn.Linear(2 * config.hidden_size, config.hidden_size),
+            nn.Linear(6 * config.hidden_size, config.hidden_size),
             ACT2FN[config.hidden_act],
             nn.Linear(config.hidden_size, 1),
         )
@@ -850,7 +859,13 @@ class PemtForPreTraining(PemtPreTrainedModel):
             correct, counted = correct + hits.sum(), counted + hits.numel()
         multimodal_mep_loss = (losses["multimodal_visual"] + losses["multimodal_audio"]) / 2
 
-        cpp_logits = self.cpp_head(output.multimodal_summary.flatten(1)).squeeze(-1)
+        # Each modality's part of the multimodal output is pooled as the downstream head pools it. The product gives
+        # the MLP the agreement of the two directly; from a concatenation alone it would have to learn that
+        # multiplicative interaction, which it does slowly.
+        visual_pooled = summary_and_mean(multimodal[:, : 1 + length], pixel_mask)
+        audio_pooled = summary_and_mean(multimodal[:, 1 + length :], audio_mask)
+        cpp_features = torch.cat([visual_pooled, audio_pooled, visual_pooled * audio_pooled], dim=-1)
+        cpp_logits = self.cpp_head(cpp_features).squeeze(-1)
         cpp_labels = (~swapped).to(cpp_logits.dtype)
         cpp_loss = F.binary_cross_entropy_with_logits(cpp_logits, cpp_labels)
         total = losses["visual"] + losses["audio"] + multimodal_mep_loss + cpp_loss
