@@ -2,12 +2,16 @@
 
 from transformers import (
     AutoConfig,
+    AutoFeatureExtractor,
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForVideoClassification,
+    AutoProcessor,
 )
 
 from .configuration_pemt import PRESETS, PemtConfig
+from .decoding import VideoDecodeError, open_clip
+from .feature_extraction_pemt import PemtFeatureExtractor
 from .modeling_pemt import (
     PemtClassifierOutput,
     PemtForAudioVisualClassification,
@@ -17,22 +21,36 @@ from .modeling_pemt import (
     PemtModelOutput,
     PemtPreTrainedModel,
 )
+from .processing_pemt import PemtProcessor, segment_starts
+from .video_processing_pemt import PemtVideoProcessor
 
-# Local registration makes the Auto classes resolve "pemt" while the package is installed; registration for
-# auto classes writes `auto_map` into saved configs, so that Hub copies load with `trust_remote_code=True` alone.
-AutoConfig.register("pemt", PemtConfig)
-AutoModel.register(PemtConfig, PemtModel)
-AutoModelForPreTraining.register(PemtConfig, PemtForPreTraining)
-AutoModelForVideoClassification.register(PemtConfig, PemtForAudioVisualClassification)
+# Every Auto-class registration lives here. Local registration makes the Auto classes resolve "pemt" while the
+# package is installed; registration for auto classes writes `auto_map` into saved configs and processor files, so
+# that Hub copies load with `trust_remote_code=True` where pemt is not installed. (`AutoVideoProcessor` is left
+# alone: it needs torchvision, which PEMT does not use; `AutoProcessor` builds the video processor itself.)
+AutoConfig.register("pemt", PemtConfig, exist_ok=True)
+AutoModel.register(PemtConfig, PemtModel, exist_ok=True)
+AutoModelForPreTraining.register(PemtConfig, PemtForPreTraining, exist_ok=True)
+AutoModelForVideoClassification.register(PemtConfig, PemtForAudioVisualClassification, exist_ok=True)
+AutoProcessor.register(PemtConfig, PemtProcessor, exist_ok=True)
+AutoFeatureExtractor.register(PemtConfig, PemtFeatureExtractor, exist_ok=True)
 PemtConfig.register_for_auto_class()
 PemtModel.register_for_auto_class("AutoModel")
 PemtForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 PemtForAudioVisualClassification.register_for_auto_class("AutoModelForVideoClassification")
+PemtProcessor.register_for_auto_class()
+PemtFeatureExtractor.register_for_auto_class()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "PemtProcessor",
+    "PemtFeatureExtractor",
+    "PemtVideoProcessor",
+    "VideoDecodeError",
+    "open_clip",
+    "segment_starts",
     "PemtConfig",
     "PemtModel",
     "PemtPreTrainedModel",

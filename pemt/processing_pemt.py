@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor, AutoProcessor, BatchFeature, ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin
 
 from .configuration_pemt import PemtConfig
 from .decoding import DecodedSegments, SegmentTiming, VideoDecodeError, VideoSource, open_clip
@@ -230,21 +230,3 @@ class PemtProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "audio_values", "pixel_mask", "audio_mask"]
-
-
-def register_auto_classes() -> None:
-    """Registers PEMT's config, processor and feature extractor with the `transformers` auto classes in this process,
-    so that `AutoProcessor.from_pretrained(directory)` loads a saved PEMT directory without remote code.
-    (`AutoVideoProcessor` is left alone: it needs torchvision, which PEMT does not use.)"""
-    from transformers import AutoConfig
-
-    AutoConfig.register("pemt", PemtConfig, exist_ok=True)
-    AutoProcessor.register(PemtConfig, PemtProcessor, exist_ok=True)
-    AutoFeatureExtractor.register(PemtConfig, PemtFeatureExtractor, exist_ok=True)
-
-
-# Saved processors carry `auto_map` entries (loadable with `trust_remote_code=True` where pemt is not installed),
-# and this process resolves `AutoProcessor` for pemt directories directly.
-PemtProcessor.register_for_auto_class()
-PemtFeatureExtractor.register_for_auto_class()
-register_auto_classes()
