@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForVideoClassification,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_pemt import PRESETS, PemtConfig
 from .decoding import VideoDecodeError, open_clip
@@ -21,6 +22,7 @@ from .modeling_pemt import (
     PemtModelOutput,
     PemtPreTrainedModel,
 )
+from .pipeline_pemt import AudioVisualClassificationPipeline
 from .processing_pemt import PemtProcessor, segment_starts
 from .video_processing_pemt import PemtVideoProcessor
 
@@ -40,11 +42,18 @@ PemtForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 PemtForAudioVisualClassification.register_for_auto_class("AutoModelForVideoClassification")
 PemtProcessor.register_for_auto_class()
 PemtFeatureExtractor.register_for_auto_class()
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-visual-classification",
+    pipeline_class=AudioVisualClassificationPipeline,
+    pt_model=AutoModelForVideoClassification,
+    type="multimodal",
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "AudioVisualClassificationPipeline",
     "PemtProcessor",
     "PemtFeatureExtractor",
     "PemtVideoProcessor",

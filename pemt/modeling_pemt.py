@@ -134,7 +134,12 @@ class PemtSharedLinear(nn.Module):
         if self.low_rank_dim == 0:
             return self.dense(hidden_states)
         code = F.normalize(self.private_down[modality](hidden_states), dim=-1)
-        return self.shared_up(self.private_rotation[modality](code))
+        # Under autocast, torch's orthogonal parametrisation forms Sigma_g = base @ matrix_exp(A) with the product in
+        # bfloat16, which doubles Sigma's departure from orthogonality over rounding a float32 Sigma (and matrix_exp
+        # itself is NaN in bfloat16 on CPU). A 128 x 128 matrix costs nothing in float32; its use below is autocast.
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            sigma = self.private_rotation[modality].weight
+        return self.shared_up(F.linear(code, sigma))
 
 
 def _orthogonal_linear(dim: int) -> nn.Linear:
@@ -647,6 +652,24 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         loss = self.compute_loss(logits, labels) if labels is not None else None
         result = PemtClassifierOutput(loss=loss, logits=logits, model_output=output)
         return result if return_dict else result.to_tuple()
+
+    def freeze_backbone(self) -> None:
+        """Linear evaluation: only the heads train. The backbone also stays in eval mode, so that BatchNorm keeps the
+        statistics it was pretrained with."""
+        self.pemt.requires_grad_(False)
+        self._backbone_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> PemtForAudioVisualClassification:
+        super().train(mode)
+        if getattr(self, "_backbone_frozen", False):
+            self.pemt.eval()
+        return self
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the classification heads (everything outside the backbone), for their own learning rate."""
+        backbone = {id(p) for p in self.pemt.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone]
 
     def _sequences(self, output: PemtModelOutput) -> dict[str, torch.Tensor]:
         """`[summary, segments...]` per modality: split from the multimodal output when both modalities are used."""
