@@ -315,6 +315,29 @@ def test_sigma_stays_orthogonal_after_optimiser_steps(tester):
     torch.testing.assert_close(sigma @ sigma.T, torch.eye(sigma.shape[0]), atol=1e-5, rtol=0)
 
 
+def test_bf16_autocast_trains_and_computes_sigma_in_float32():
+    # 8 frames, not tiny's 4: oneDNN's bfloat16 Conv3d weight gradient is NaN when a temporal kernel of 3 (padding 1)
+    # meets a temporal extent of exactly 2 (torch 2.13, CPU), which tiny's later stages have; paper sizes are unaffected.
+    tester = PemtModelTester(frames_per_segment=8)
+    model = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, frames_per_segment=8))
+    linear = model.pemt.encoder.shared.layers[0].output
+    inputs_of_up, sigmas = [], []
+    hooks = [
+        linear.shared_up.register_forward_hook(lambda module, args, out: inputs_of_up.append(args[0])),
+        linear.private_rotation[2].parametrizations.weight.register_forward_hook(lambda m, a, out: sigmas.append(out)),
+    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(**tester.inputs(), labels=torch.tensor([0, 2]))
+    for hook in hooks:
+        hook.remove()
+    output.loss.backward()
+    assert output.logits.dtype == inputs_of_up[0].dtype == torch.bfloat16, "autocast must reach the layers"
+    sigma = sigmas[0]
+    assert sigma.dtype == torch.float32
+    torch.testing.assert_close(sigma @ sigma.T, torch.eye(sigma.shape[0]), atol=1e-5, rtol=0)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize(("share_layers", "share_modalities", "low_rank_dim"), list(SPEC_COUNTS))
 def test_paper_size_transformer_parameter_counts_match_spec(share_layers, share_modalities, low_rank_dim):
     config = PemtConfig(share_layers=share_layers, share_modalities=share_modalities, low_rank_dim=low_rank_dim)
