@@ -666,6 +666,19 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
             self.pemt.eval()
         return self
 
+    def select_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of a processor batch that this classifier's modality reads (others are dropped)."""
+        prefixes = {"visual": ("pixel",), "audio": ("audio",)}
+        keep = {prefix for name in self.modalities for prefix in prefixes[name]}
+        return {key: value for key, value in batch.items() if key.split("_")[0] in keep}
+
+    def probabilities(self, logits: torch.Tensor, num_views: int = 1) -> torch.Tensor:
+        """`[clips * num_views, num_labels]` logits (views clip-major, as the processor orders them) -> `[clips,
+        num_labels]` class probabilities averaged over views: softmax, or sigmoid for multi-label models."""
+        multi_label = self.config.problem_type == "multi_label_classification"
+        probabilities = logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)
+        return probabilities.view(-1, num_views, probabilities.shape[-1]).mean(dim=1)
+
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the classification heads (everything outside the backbone), for their own learning rate."""
         backbone = {id(p) for p in self.pemt.parameters()}

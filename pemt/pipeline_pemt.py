@@ -47,21 +47,11 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
 
     def _forward(self, model_inputs: dict) -> dict:
         is_last = model_inputs.pop("is_last")
-        modalities = {
-            "audio-visual": ("pixel", "audio"),
-            "visual": ("pixel",),
-            "audio": ("audio",),
-        }[self.model.config.classifier_modality]
-        inputs = {key: value for key, value in model_inputs.items() if key.split("_")[0] in modalities}
-        return {"logits": self.model(**inputs).logits, "is_last": is_last}
+        return {"logits": self.model(**self.model.select_inputs(model_inputs)).logits, "is_last": is_last}
 
     def postprocess(self, model_outputs: list[dict], top_k: int = 5) -> list[dict[str, float]]:
-        logits = torch.cat([output["logits"] for output in model_outputs]).float()
-        if self.model.config.problem_type == "multi_label_classification":
-            probabilities = logits.sigmoid().mean(dim=0)
-        else:
-            probabilities = logits.softmax(dim=-1).mean(dim=0)
-        top_k = min(top_k, probabilities.numel())
-        scores, indices = probabilities.topk(top_k)
+        logits = torch.cat([output["logits"] for output in model_outputs])
+        probabilities = self.model.probabilities(logits, num_views=len(model_outputs))[0]
+        scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
         id2label = self.model.config.id2label
         return [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(scores, indices)]

@@ -1,0 +1,132 @@
+"""Evaluation of a fine-tuned classifier: `pemt evaluate --model DIR --eval_dir ...`.
+
+Clips are read from their files so that each can be seen through several temporal views; class probabilities are
+averaged over the views (softmax for single-label, sigmoid for multi-label models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import torch
+
+from ..decoding import VideoDecodeError
+from ..modeling_pemt import PemtForAudioVisualClassification
+from ..processing_pemt import PemtProcessor
+from .metrics import confusion_matrix, mean_average_precision, plot_confusion_matrix, top_k_accuracy
+
+logger = logging.getLogger(__name__)
+
+@torch.no_grad()
+def predict(
+    model: PemtForAudioVisualClassification,
+    processor: PemtProcessor,
+    videos: list,
+    num_temporal_views: int = 1,
+    batch_size: int = 4,
+) -> tuple[torch.Tensor, list[int], list[dict[str, str]]]:
+    """Class probabilities of readable `videos`; returns them, the indices they belong to, and the skipped files."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores, kept, skipped = [], [], []
+    for start in range(0, len(videos), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(videos))))
+        readable = []
+        for index in chunk:
+            try:
+                readable.append((index, processor(videos=videos[index], num_temporal_views=num_temporal_views)))
+            except VideoDecodeError as err:
+                skipped.append({"source": str(videos[index]), "error": str(err)})
+        if not readable:
+            continue
+        batch = {key: torch.cat([features[key] for _, features in readable]) for key in readable[0][1]}
+        logits = model(**{k: v.to(device) for k, v in model.select_inputs(batch).items()}).logits
+        scores.append(model.probabilities(logits, num_temporal_views))
+        kept.extend(index for index, _ in readable)
+    if skipped:
+        logger.warning("Skipped %d unreadable clip(s): %s", len(skipped), "; ".join(s["error"] for s in skipped))
+    if not scores:
+        raise ValueError("No evaluation clip could be read.")
+    return torch.cat(scores), kept, skipped
+
+
+def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> dict[str, float]:
+    """Top-1/top-5 accuracy for single-label classes, mean average precision for multi-hot targets."""
+    if multi_label:
+        return {"mAP": mean_average_precision(scores, labels)}
+    return {"top1_accuracy": top_k_accuracy(scores, labels, 1), "top5_accuracy": top_k_accuracy(scores, labels, 5)}
+
+
+def evaluate_model(
+    model: PemtForAudioVisualClassification,
+    processor: PemtProcessor,
+    dataset: datasets.Dataset,
+    output_dir: str | Path,
+    num_temporal_views: int = 1,
+    batch_size: int = 4,
+) -> dict:
+    """Runs [`predict`] over a `video`/`label` data set, writes `eval_results.json` (and, for single-label models,
+    `confusion_matrix.png`) to `output_dir`, and returns the results."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    multi_label = model.config.problem_type == "multi_label_classification"
+    scores, kept, skipped = predict(model, processor, list(dataset["video"]), num_temporal_views, batch_size)
+    labels = torch.as_tensor([dataset[i]["label"] for i in kept])
+    if multi_label and labels.dim() == 1:
+        labels = torch.nn.functional.one_hot(labels, model.config.num_labels)
+    results = {
+        **compute_metrics(scores, labels, multi_label),
+        "num_clips": len(kept),
+        "num_temporal_views": num_temporal_views,
+        "skipped": skipped,
+    }
+    if not multi_label:
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        matrix = confusion_matrix(scores.argmax(dim=1), labels, len(names))
+        results["confusion_matrix"] = matrix.tolist()
+        results["confusion_matrix_png"] = str(plot_confusion_matrix(matrix, names, output_dir / "confusion_matrix.png"))
+    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pemt evaluate", description="Evaluate a fine-tuned PEMT classifier.")
+    parser.add_argument("--model", required=True, help="A fine-tuned model directory (with its processor).")
+    parser.add_argument("--eval_dir", help="A videofolder of evaluation clips (its test split if it has splits).")
+    parser.add_argument("--eval_file", help="A CSV or JSONL file of evaluation clips.")
+    parser.add_argument("--num_temporal_views", type=int, default=1, help="Views per clip whose scores are averaged.")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--output_dir", help="Where results go (default: the model directory).")
+    return parser
+
+
+def load_evaluation_set(eval_dir: str | None, eval_file: str | None) -> datasets.Dataset:
+    from ..data import load_video_folder, load_video_list
+
+    if eval_dir:
+        loaded = load_video_folder(eval_dir)
+        if isinstance(loaded, datasets.DatasetDict):
+            return next(loaded[s] for s in ("test", "validation", "valid", "val", "dev", "train") if s in loaded)
+        return loaded
+    if eval_file:
+        return load_video_list(eval_file)
+    raise ValueError("Give the evaluation clips with --eval_dir or --eval_file.")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    model = PemtForAudioVisualClassification.from_pretrained(args.model)
+    processor = PemtProcessor.from_pretrained(args.model)
+    dataset = load_evaluation_set(args.eval_dir, args.eval_file)
+    results = evaluate_model(model, processor, dataset, args.output_dir or args.model, args.num_temporal_views, args.batch_size)
+    shown = {k: v for k, v in results.items() if k not in ("confusion_matrix", "skipped")}
+    print(json.dumps(shown, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
