@@ -12,6 +12,7 @@ from accelerate.utils import set_seed
 
 from ..configuration_pemt import CLASSIFIER_MODALITIES
 from ..data import label_names
+from ..hub import TRAINING_ARGS_FILE
 from ..model_card import write_model_card
 from ..modeling_pemt import PemtForAudioVisualClassification
 from ..processing_pemt import PemtProcessor
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         final = trainer.unwrapped_model()
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
+        (output_dir / TRAINING_ARGS_FILE).write_text(json.dumps(vars(args), indent=2) + "\n")
         plot_history(output_dir / HISTORY_FILE, output_dir / "finetuning.png", "PEMT fine-tuning")
         if evaluation is not None:
             raw_eval = load_evaluation_set(args.eval_dir or args.train_dir, args.eval_file)

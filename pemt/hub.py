@@ -1,0 +1,49 @@
+"""Sharing on the Hub: one commit with the weights (safetensors), the config with `auto_map`, the processor, the
+model's code, the pipeline's code and the model card, so that the repository loads where pemt is not installed."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from transformers import pipeline
+
+from .model_card import write_model_card
+from .modeling_pemt import PemtForAudioVisualClassification
+from .processing_pemt import PemtProcessor
+
+TASK = "audio-visual-classification"
+TRAINING_ARGS_FILE = "training_args.json"
+
+
+def stage_for_upload(model_dir: str | Path, staging_dir: str | Path, repo_id: str) -> Path:
+    """Writes everything a Hub repository of the classifier in `model_dir` needs into `staging_dir`."""
+    model_dir, staging_dir = Path(model_dir), Path(staging_dir)
+    model = PemtForAudioVisualClassification.from_pretrained(model_dir)
+    processor = PemtProcessor.from_pretrained(model_dir)
+    # Saving through the pipeline records it under `custom_pipelines` in the config and copies its code, which is
+    # what `pipeline(TASK, model=repo_id, trust_remote_code=True)` looks for.
+    pipeline(TASK, model=model, processor=processor).save_pretrained(staging_dir)
+    processor.save_pretrained(staging_dir)
+    results_file = model_dir / "eval_results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else None
+    args_file = model_dir / TRAINING_ARGS_FILE
+    training_args = json.loads(args_file.read_text()) if args_file.exists() else {}
+    dataset_name = training_args.get("dataset_name") or Path(training_args.get("train_dir") or "unknown").name
+    write_model_card(model, staging_dir, dataset_name, training_args, results, repo_id=repo_id)
+    for name in ("eval_results.json", "confusion_matrix.png", TRAINING_ARGS_FILE):
+        if (model_dir / name).exists():
+            (staging_dir / name).write_bytes((model_dir / name).read_bytes())
+    return staging_dir
+
+
+def push_to_hub(model_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Uploads a fine-tuned model directory to `repo_id` in one commit; returns the commit's URL."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as staging:
+        stage_for_upload(model_dir, staging, repo_id)
+        commit = api.upload_folder(folder_path=staging, repo_id=repo_id, commit_message="Upload PEMT classifier")
+    return str(commit)
