@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     multi_label = args.problem_type == "multi_label_classification"
 
     def classification_batch(rows):
-        batch = model.select_inputs(training_batch(processor)(rows)) | {"labels": torch.as_tensor([int(r["label"]) for r in rows])}
+        batch = training_batch(processor)(rows)
+        labels = batch["labels"]
         if multi_label:
-            batch["labels"] = torch.nn.functional.one_hot(batch["labels"], model.config.num_labels).float()
-        return batch
+            labels = torch.nn.functional.one_hot(labels, model.config.num_labels).float()
+        return {**model.select_inputs(batch), "labels": labels}
 
     evaluate = None
     if evaluation is not None:
