@@ -16,7 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (script, arguments): run in this order.
+# (script, arguments): run in this order. One thread where timings are compared: on a shared machine, OpenMP threads
+# that oversubscribe the cores made the same step swing by 3x or more.
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_parameters", []),
     ("bench_processor", []),
