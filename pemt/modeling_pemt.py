@@ -129,6 +129,12 @@ class PemtSharedLinear(nn.Module):
         self.private_down = nn.ModuleList(nn.Linear(in_features, low_rank_dim, bias=False) for _ in range(num_modalities))
         self.private_rotation = nn.ModuleList(_orthogonal_linear(low_rank_dim) for _ in range(num_modalities))
         self.shared_up = nn.Linear(low_rank_dim, out_features)
+        # A full matrix of std `initializer_range` maps a unit-variance input of width `in_features` to outputs of
+        # std `initializer_range * sqrt(in_features)`. U is fed a unit-norm code instead, so at the same std it would
+        # start sqrt(in_features) times smaller (8x at width 64, 28x at 768): every sublayer would add about 2% to the
+        # post-LN residual and the outputs would hardly depend on the input. `_init_weights` scales U's std by this
+        # factor so that the factored map starts at the scale of the matrix it replaces.
+        self.shared_up.init_std_scale = in_features**0.5
 
     def forward(self, hidden_states: torch.Tensor, modality: int) -> torch.Tensor:
         if self.low_rank_dim == 0:
@@ -425,7 +431,7 @@ class PemtPreTrainedModel(PreTrainedModel):
                 # Assigning goes through the parametrisation's inverse, so Sigma starts as a random rotation.
                 module.weight = nn.init.orthogonal_(torch.empty_like(module.weight))
             else:
-                module.weight.normal_(mean=0.0, std=std)
+                module.weight.normal_(mean=0.0, std=std * getattr(module, "init_std_scale", 1.0))
             if module.bias is not None:
                 module.bias.zero_()
         elif isinstance(module, nn.Embedding):
