@@ -301,8 +301,10 @@ PRESETS: dict[str, dict] = {
         "eval_crop_size": 16,
         "audio_sampling_rate": 8000,
         "num_mel_bins": 16,
-        "n_fft": 256,
-        "hop_length": 128,
+        # A segment spans 4 x 2 / 10 fps = 0.8 s = 6400 samples: 16 hops of 400 cover it (a hop of 128 kept only
+        # its first 0.26 s); the window is a little longer than the hop so that no sample falls between windows.
+        "n_fft": 512,
+        "hop_length": 400,
         "audio_frames": 16,
         "visual_cnn_width": 4,
         "visual_cnn_depths": (1, 1, 1, 1),
