@@ -46,7 +46,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
     group.add_argument("--learning_rate", type=float, default=1e-3)
     group.add_argument("--weight_decay", type=float, default=0.01)
-    group.add_argument("--warmup_steps", type=int, default=None, help="Default: 5%% of max_steps.")
+    group.add_argument("--warmup_steps", type=int, default=None, help="Default: 10%% of max_steps.")
     group.add_argument("--max_grad_norm", type=float, default=1.0)
     group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     group.add_argument("--seed", type=int, default=0)
@@ -195,7 +195,8 @@ class Trainer:
             )
         groups = parameter_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
-        warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.05 * args.max_steps)
+        # Post-LN Transformers diverge or stall without a warm-up at these learning rates; 10% is BERT's convention.
+        warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.1 * args.max_steps)
         # The scheduler is stepped once per process per optimiser step by Accelerate's wrapper, which multiplies
         # by the process count; the totals given here are therefore per optimiser step times processes.
         processes = self.accelerator.num_processes
