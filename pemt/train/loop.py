@@ -187,6 +187,10 @@ class Trainer:
             collate_fn=collate_fn,
             drop_last=drop_last,
             num_workers=args.dataloader_num_workers,
+            # Starting an epoch's iterator draws a base seed from this generator; without one it would come from
+            # the global RNG, which a resumed run restores *before* its first (skipping) iterator starts while the
+            # killed run had drawn it before the checkpoint, so every later mask, swap and crop would differ.
+            generator=torch.Generator().manual_seed(args.seed),
         )
         if len(self.dataloader) == 0:
             raise ValueError(
