@@ -218,10 +218,15 @@ class Trainer:
         root = self.output_dir / CHECKPOINTS_DIR
         final = root / f"step_{self.state.global_step}"
         partial = root / f"step_{self.state.global_step}.partial"
-        if self.accelerator.is_main_process and partial.exists():
-            shutil.rmtree(partial)
+        if self.accelerator.is_main_process:
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(partial))
+        # Every process writes its own RNG state into `partial`; renaming it before all have finished would lose
+        # their files (or make their writes fail).
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             (partial / STATE_FILE).write_text(json.dumps(self.state.__dict__))
             if final.exists():
@@ -321,9 +326,24 @@ class Trainer:
         progress.close()
         if self.evaluate and not (args.eval_steps and self.state.global_step % args.eval_steps == 0):
             self._run_evaluation()
+        self._average_buffers()
         self._write_run_summary()
-        accelerator.end_training()
+        # Only the trackers end here: `end_training` would also tear down the process group, which callers still
+        # need to synchronise while the main process saves the model.
+        for tracker in accelerator.trackers:
+            tracker.finish()
         return self.state
+
+    @torch.no_grad()
+    def _average_buffers(self) -> None:
+        """Averages floating-point buffers (BatchNorm running statistics) over processes. Each process updates them
+        from its own batches and DDP re-broadcasts rank 0's copy only at the next forward, so after the last step
+        they differ; the average describes all the data and leaves every process, and the saved model, identical."""
+        if self.accelerator.num_processes == 1:
+            return
+        for buffer in self.accelerator.unwrap_model(self.model).buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
 
     def _run_evaluation(self) -> dict[str, float]:
         # Evaluation draws its own random masks and swaps; forking keeps the training RNG stream, and so resumed

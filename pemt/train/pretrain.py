@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
             (output_dir / "eval_results.json").write_text(json.dumps(final_metrics, indent=2) + "\n")
         accelerator.print(f"Pretrained model and processor: {output_dir}\nPlot: {plot}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return final_metrics
 
 
