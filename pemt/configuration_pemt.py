@@ -267,7 +267,9 @@ CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
 # Presets are data: each is a set of overrides of the paper's defaults. "tiny" exists for unit tests (every
 # forward well under a second on a CPU core); "small" is what the CPU demo pretrains in minutes.
 PRESETS: dict[str, dict] = {
-    "paper": {},
+    # Training at paper size runs the CNNs five segments at a time with activation checkpointing: a 5 x 10 bf16
+    # fine-tuning step then peaks at 3.2 GiB instead of 11.8 GiB (benchmarks/bench_finetune_step.py).
+    "paper": {"cnn_chunk_size": 5, "cnn_checkpointing": True},
     "small": {
         "num_segments": 4,
         "frames_per_segment": 8,

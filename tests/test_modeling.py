@@ -377,7 +377,10 @@ def test_invalid_configs_raise_value_errors_that_say_what_to_change(overrides, m
 
 
 def test_presets_and_unknown_preset():
-    assert PemtConfig.from_preset("paper").to_dict() == PemtConfig().to_dict()
+    paper, defaults = PemtConfig.from_preset("paper").to_dict(), PemtConfig().to_dict()
+    # The paper preset is the default model, trained with chunked, checkpointed CNNs.
+    assert {k: v for k, v in paper.items() if not k.startswith("cnn_")} == {k: v for k, v in defaults.items() if not k.startswith("cnn_")}
+    assert paper["cnn_chunk_size"] == 5 and paper["cnn_checkpointing"] is True
     assert PemtConfig.from_preset("tiny", hidden_size=64).hidden_size == 64
     with pytest.raises(ValueError, match="Unknown preset"):
         PemtConfig.from_preset("huge")
