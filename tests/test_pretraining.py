@@ -90,7 +90,7 @@ def run_pretrain_subprocess(
 ) -> subprocess.CompletedProcess:
     """Runs pretraining in a fresh interpreter (as a user would), failing the test with its output on error."""
     command = [sys.executable, *(launcher or []), "-m", "pemt.train.pretrain", *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -169,8 +169,8 @@ def test_pretraining_the_small_model_learns_masked_embedding_prediction(tmp_path
             "--logging_steps", "25", "--no_progress_bar",
         )
     )
-    # Held-out (test split) accuracy; chance is 1 / (8 negatives + 1) = 0.11. Runs on the demo data reached 0.32-0.39
-    # after 250-300 steps (see the report in the commit); 0.2 leaves a wide margin below them.
-    # Correct pair prediction is not asserted: it leaves chance only after ~250 steps (0.61 held-out at 300-350),
-    # later than this test's budget allows.
-    assert metrics["mep_accuracy"] >= 0.2, metrics
+    # Held-out (test split) accuracy; chance is 1 / (8 negatives + 1) = 0.11. This run reached 0.29, 0.30 and 0.23 at
+    # seeds 0, 1 and 2; 0.17 (1.5x chance) stays below the worst of them by about the seeds' spread.
+    # Correct pair prediction is not asserted: on the demo data it leaves chance only after ~250 steps (0.61
+    # held-out at 300-350 steps on the full demo set), later than this test's budget allows.
+    assert metrics["mep_accuracy"] >= 0.17, metrics
