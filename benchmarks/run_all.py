@@ -24,6 +24,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_transformers", ["--threads", "1"]),
     ("bench_finetune_step", ["--clips", "1", "--segments", "2", "--chunk_size", "1", "--threads", "1"]),
     ("bench_finetune_step", ["--configs", "full-bf16-on", "full-bf16-off", "--threads", "1"]),
+    ("bench_pipeline", []),
 ]
 
 
