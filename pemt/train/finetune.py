@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         shown = {k: v for k, v in (results or {}).items() if isinstance(v, float)}
         accelerator.print(f"Fine-tuned model: {output_dir}\nModel card: {card}\nEvaluation: {json.dumps(shown)}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return results
 
 
