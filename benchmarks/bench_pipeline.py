@@ -10,29 +10,18 @@ Prints a table (medians) and writes benchmarks/results/bench_pipeline.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from common import command_line, print_table, write_results
+from common import command_line, median_seconds, print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_fixtures import write_media  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
 from pemt import PemtConfig, PemtForAudioVisualClassification, PemtProcessor  # noqa: E402
-
-
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        begin = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -12,14 +12,14 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
 import torch
+
+from common import median_seconds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_fixtures import write_media  # noqa: E402
@@ -44,15 +44,6 @@ def floor_decode(path: Path, starts: list[float], span: float) -> int:
     return decoded
 
 
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        begin = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -66,9 +57,9 @@ def main() -> None:
         span = processor.timing.span
         starts = segment_starts(args.seconds, span, config.num_segments)[0]
 
-        floor = median_time(lambda: floor_decode(path, starts, span), args.runs)
-        decode = median_time(lambda: processor.decode(str(path)), args.runs)
-        full = median_time(lambda: processor(videos=str(path), return_tensors="pt"), args.runs)
+        floor = median_seconds(lambda: floor_decode(path, starts, span), args.runs)
+        decode = median_seconds(lambda: processor.decode(str(path)), args.runs)
+        full = median_seconds(lambda: processor(videos=str(path), return_tensors="pt"), args.runs)
         output = processor(videos=str(path), return_tensors="pt")
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
