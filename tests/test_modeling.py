@@ -316,18 +316,20 @@ def test_sigma_stays_orthogonal_after_optimiser_steps(tester):
 
 
 def test_bf16_autocast_trains_and_computes_sigma_in_float32():
-    # 8 frames, not tiny's 4: oneDNN's bfloat16 Conv3d weight gradient is NaN when a temporal kernel of 3 (padding 1)
-    # meets a temporal extent of exactly 2 (torch 2.13, CPU), which tiny's later stages have; paper sizes are unaffected.
-    tester = PemtModelTester(frames_per_segment=8)
-    model = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, frames_per_segment=8))
+    # The audio classifier: oneDNN's bfloat16 Conv3d backward (torch 2.13, CPU) returns NaN or stalls for minutes at
+    # tiny temporal extents, which the tiny visual CNN has; paper sizes are unaffected. What this test guards is the
+    # Transformers' path, which is the same for every modality.
+    tester = PemtModelTester()
+    model = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, classifier_modality="audio"))
     linear = model.pemt.encoder.shared.layers[0].output
     inputs_of_up, sigmas = [], []
     hooks = [
         linear.shared_up.register_forward_hook(lambda module, args, out: inputs_of_up.append(args[0])),
-        linear.private_rotation[2].parametrizations.weight.register_forward_hook(lambda m, a, out: sigmas.append(out)),
+        linear.private_rotation[1].parametrizations.weight.register_forward_hook(lambda m, a, out: sigmas.append(out)),
     ]
+    audio = {k: v for k, v in tester.inputs().items() if k.startswith("audio")}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(**tester.inputs(), labels=torch.tensor([0, 2]))
+        output = model(**audio, labels=torch.tensor([0, 2]))
     for hook in hooks:
         hook.remove()
     output.loss.backward()
@@ -335,10 +337,7 @@ def test_bf16_autocast_trains_and_computes_sigma_in_float32():
     sigma = sigmas[0]
     assert sigma.dtype == torch.float32
     torch.testing.assert_close(sigma @ sigma.T, torch.eye(sigma.shape[0]), atol=1e-5, rtol=0)
-    # The visual CNN's weight gradients are left out: at these tiny shapes oneDNN's bfloat16 Conv3d backward returned
-    # NaN now and then in full-suite runs (never at paper size); what this test guards is the Transformers' path.
-    checked = [p for n, p in model.named_parameters() if p.grad is not None and not n.startswith("pemt.visual_cnn")]
-    assert checked and all(torch.isfinite(p.grad).all() for p in checked)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize(("share_layers", "share_modalities", "low_rank_dim"), list(SPEC_COUNTS))
