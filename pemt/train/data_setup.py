@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -53,9 +54,9 @@ def load_raw_splits(args: argparse.Namespace) -> tuple[datasets.Dataset, dataset
 
 def preprocess_splits(
     args: argparse.Namespace, processor: PemtProcessor, accelerator: Accelerator
-) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset]:
+) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset, datasets.Dataset | None]:
     """Decodes each split once (main process first; the others read its cache) and returns the processed training
-    and evaluation sets plus the raw training set (for its label names)."""
+    and evaluation sets plus the raw ones (for label names, and for evaluations that read the files themselves)."""
     raw_train, raw_eval = load_raw_splits(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "pemt"
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def preprocess_splits(
                 raw_eval, processor, training=False, num_proc=args.preprocessing_num_workers, cache_dir=cache_dir,
                 report_path=Path(args.output_dir) / "skipped_eval.json",
             )
-    return train, evaluation, raw_train
+    return train, evaluation, raw_train, raw_eval
 
 
 def keep_rows(rows: list[dict]) -> list[dict]:
@@ -83,7 +84,14 @@ def training_batch(processor: PemtProcessor) -> functools.partial:
     return functools.partial(collate, processor=processor, training=True)
 
 
-def evaluation_loader(dataset: datasets.Dataset, processor: PemtProcessor, batch_size: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=functools.partial(collate, processor=processor, training=False)
+def evaluation_callback(
+    evaluation: datasets.Dataset | None, processor: PemtProcessor, batch_size: int, evaluate: Callable
+) -> Callable | None:
+    """`evaluate(model, accelerator, loader)` bound to a loader over the preprocessed evaluation split, in the form the
+    Trainer calls; `None` without an evaluation split."""
+    if evaluation is None:
+        return None
+    loader = torch.utils.data.DataLoader(
+        evaluation, batch_size=batch_size, shuffle=False, collate_fn=functools.partial(collate, processor=processor, training=False)
     )
+    return lambda model, accelerator: evaluate(model, accelerator, loader)

@@ -16,8 +16,8 @@ from ..hub import TRAINING_ARGS_FILE
 from ..model_card import write_model_card
 from ..modeling_pemt import PemtForAudioVisualClassification
 from ..processing_pemt import PemtProcessor
-from .data_setup import add_data_arguments, evaluation_loader, keep_rows, preprocess_splits, training_batch
-from .evaluate import compute_metrics, evaluate_model, load_evaluation_set
+from .data_setup import add_data_arguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
+from .evaluate import compute_metrics, evaluate_model
 from .loop import HISTORY_FILE, Trainer, add_training_arguments, build_accelerator, load_model_config, parse_overrides
 from .plots import plot_history
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     accelerator = build_accelerator(args)
     set_seed(args.seed)
     processor = load_processor(args)
-    train, evaluation, raw_train = preprocess_splits(args, processor, accelerator)
+    train, evaluation, raw_train, raw_eval = preprocess_splits(args, processor, accelerator)
     model = build_model(args, label_names(raw_train))
     if args.linear_probe:
         model.freeze_backbone()
@@ -107,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             labels = torch.nn.functional.one_hot(labels, model.config.num_labels).float()
         return {**model.select_inputs(batch), "labels": labels}
 
-    evaluate = None
-    if evaluation is not None:
-        loader = evaluation_loader(evaluation, processor, args.per_device_eval_batch_size)
-        evaluate = lambda unwrapped, acc: evaluate_preprocessed(unwrapped, acc, loader)  # noqa: E731
+    evaluate = evaluation_callback(evaluation, processor, args.per_device_eval_batch_size, evaluate_preprocessed)
     trainer = Trainer(
         accelerator, model, args, train, collate_fn=keep_rows, prepare_batch=classification_batch,
         parameter_groups=groups, evaluate=evaluate, drop_last=False,
@@ -124,8 +121,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         processor.save_pretrained(output_dir)
         (output_dir / TRAINING_ARGS_FILE).write_text(json.dumps(vars(args), indent=2) + "\n")
         plot_history(output_dir / HISTORY_FILE, output_dir / "finetuning.png", "PEMT fine-tuning")
-        if evaluation is not None:
-            raw_eval = load_evaluation_set(args.eval_dir or args.train_dir, args.eval_file)
+        if raw_eval is not None:
             results = evaluate_model(final, processor, raw_eval, output_dir, args.num_temporal_views, args.per_device_eval_batch_size)
         dataset_name = args.dataset_name or Path(args.train_dir or args.train_file).name
         card = write_model_card(final, output_dir, dataset_name, vars(args), results)

@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 
 from ..modeling_pemt import PemtForPreTraining
 from ..processing_pemt import PemtProcessor
-from .data_setup import add_data_arguments, evaluation_loader, keep_rows, preprocess_splits, training_batch
+from .data_setup import add_data_arguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
 from .loop import HISTORY_FILE, Trainer, add_training_arguments, build_accelerator, load_model_config, parse_overrides
 from .plots import plot_history
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     set_seed(args.seed)
     config = load_model_config(args.model_config, **parse_overrides(args.config_overrides))
     processor = PemtProcessor.from_model_config(config)
-    train, evaluation, _ = preprocess_splits(args, processor, accelerator)
+    train, evaluation, _, _ = preprocess_splits(args, processor, accelerator)
     model = PemtForPreTraining(config)
 
     def without_labels(rows):
@@ -67,10 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
         batch.pop("labels")
         return batch
 
-    evaluate = None
-    if evaluation is not None:
-        loader = evaluation_loader(evaluation, processor, args.per_device_eval_batch_size)
-        evaluate = lambda unwrapped, acc: evaluate_pretraining(unwrapped, acc, loader)  # noqa: E731
+    evaluate = evaluation_callback(evaluation, processor, args.per_device_eval_batch_size, evaluate_pretraining)
     trainer = Trainer(
         accelerator, model, args, train, collate_fn=keep_rows, metric_names=PRETRAINING_METRICS,
         prepare_batch=without_labels, evaluate=evaluate,
