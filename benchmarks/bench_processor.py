@@ -24,8 +24,8 @@ from common import median_seconds  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_fixtures import write_media  # noqa: E402
 
-from pemt.configuration_pemt import PemtConfig  # noqa: E402
-from pemt.processing_pemt import PemtProcessor, segment_starts  # noqa: E402
+from pemt.model.configuration_pemt import PemtConfig  # noqa: E402
+from pemt.model.processing_pemt import PemtProcessor, segment_starts  # noqa: E402
 
 
 def floor_decode(path: Path, starts: list[float], span: float) -> int:

@@ -24,7 +24,8 @@ from torch.nn.utils import parametrize
 
 from common import command_line, print_table, write_results
 from pemt import PemtConfig
-from pemt.modeling_pemt import AUDIO, MULTIMODAL, VISUAL, PemtEncoder
+from pemt.model.modeling_pemt import PemtLayer
+from pemt.model.sharing import AUDIO, MULTIMODAL, VISUAL, PemtEncoder
 
 # (name, share_layers, share_modalities, low_rank_dim, cache Sigma)
 VARIANTS = [
@@ -68,7 +69,7 @@ def build(share_layers: bool, share_modalities: bool, low_rank_dim: int) -> Pemt
     config = PemtConfig(share_layers=share_layers, share_modalities=share_modalities, low_rank_dim=low_rank_dim)
     config._attn_implementation = "sdpa"  # what PemtModel selects by default
     torch.manual_seed(0)
-    return PemtEncoder(config).train()
+    return PemtEncoder(config, PemtLayer).train()
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_pemt import PRESETS, PemtConfig
-from .decoding import VideoDecodeError, open_clip
-from .feature_extraction_pemt import PemtFeatureExtractor
-from .modeling_pemt import (
+from .model.configuration_pemt import PRESETS, PemtConfig
+from .model.media_pemt import MediaDecodeError, open_media
+from .model.feature_extraction_pemt import PemtFeatureExtractor
+from .model.modeling_pemt import (
     PemtClassifierOutput,
     PemtForAudioVisualClassification,
     PemtForPreTraining,
@@ -22,9 +22,9 @@ from .modeling_pemt import (
     PemtModelOutput,
     PemtPreTrainedModel,
 )
-from .pipeline_pemt import AudioVisualClassificationPipeline
-from .processing_pemt import PemtProcessor, segment_starts
-from .video_processing_pemt import PemtVideoProcessor
+from .model.pipeline_pemt import AudioVisualClassificationPipeline
+from .model.processing_pemt import PemtProcessor, segment_starts
+from .model.video_processing_pemt import PemtVideoProcessor
 
 # Every Auto-class registration lives here. Local registration makes the Auto classes resolve "pemt" while the
 # package is installed; registration for auto classes writes `auto_map` into saved configs and processor files, so
@@ -57,8 +57,8 @@ __all__ = [
     "PemtProcessor",
     "PemtFeatureExtractor",
     "PemtVideoProcessor",
-    "VideoDecodeError",
-    "open_clip",
+    "MediaDecodeError",
+    "open_media",
     "segment_starts",
     "PemtConfig",
     "PemtModel",

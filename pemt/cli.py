@@ -60,8 +60,8 @@ def demo(argv: list[str]) -> dict:
     parser.add_argument("--finetuning_steps", type=int, default=DEMO_FINETUNING_STEPS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .demo_data import make_demo_data
-    from .train import finetune, pretrain
+    from .data.demo import make_demo_data
+    from .training import finetune, pretrain
 
     out = Path(args.output_dir)
     data, pretrained, finetuned = out / "data", out / "pretrained", out / "finetuned"
@@ -131,13 +131,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
     if command == "make-demo-data":
-        from .demo_data import main as run
+        from .data.demo import main as run
     elif command == "pretrain":
-        from .train.pretrain import main as run
+        from .training.pretrain import main as run
     elif command == "finetune":
-        from .train.finetune import main as run
+        from .training.finetune import main as run
     elif command == "evaluate":
-        from .train.evaluate import main as run
+        from .training.evaluate import main as run
     else:
         run = {"classify": classify, "push": push, "demo": demo}[command]
     run(rest)

@@ -11,8 +11,8 @@ from huggingface_hub import HfApi
 from transformers import pipeline
 
 from .model_card import write_model_card
-from .modeling_pemt import PemtForAudioVisualClassification
-from .processing_pemt import PemtProcessor
+from .model.modeling_pemt import PemtForAudioVisualClassification
+from .model.processing_pemt import PemtProcessor
 
 TASK = "audio-visual-classification"
 TRAINING_ARGS_FILE = "training_args.json"

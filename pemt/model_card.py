@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from .modeling_pemt import PemtForAudioVisualClassification
+from .model.modeling_pemt import PemtForAudioVisualClassification
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pemt.demo_data import make_demo_data
+from pemt.data.demo import make_demo_data
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ import datasets
 import pytest
 import torch
 
-from pemt.configuration_pemt import PemtConfig
-from pemt.data import collate, from_hub_dataset, label_names, load_video_folder, load_video_list, preprocess_dataset
-from pemt.processing_pemt import PemtProcessor
+from pemt.model.configuration_pemt import PemtConfig
+from pemt.data.loading import collate, from_hub_dataset, label_names, load_video_folder, load_video_list, preprocess_dataset
+from pemt.model.processing_pemt import PemtProcessor
 from tests.media_fixtures import write_media
 
 CONFIG = PemtConfig.from_preset("tiny")

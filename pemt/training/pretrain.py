@@ -1,4 +1,4 @@
-"""Self-supervised pretraining of PEMT: `pemt pretrain ...` or `accelerate launch -m pemt.train.pretrain ...`."""
+"""Self-supervised pretraining of PEMT: `pemt pretrain ...` or `accelerate launch -m pemt.training.pretrain ...`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..modeling_pemt import PemtForPreTraining
-from ..processing_pemt import PemtProcessor
+from ..model.modeling_pemt import PemtForPreTraining
+from ..model.processing_pemt import PemtProcessor
 from .data_setup import add_data_arguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
 from .loop import HISTORY_FILE, Trainer, add_training_arguments, build_accelerator, load_model_config, parse_overrides
 from .plots import plot_history

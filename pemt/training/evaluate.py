@@ -14,9 +14,9 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..decoding import VideoDecodeError
-from ..modeling_pemt import PemtForAudioVisualClassification
-from ..processing_pemt import PemtProcessor
+from ..model.media_pemt import MediaDecodeError
+from ..model.modeling_pemt import PemtForAudioVisualClassification
+from ..model.processing_pemt import PemtProcessor
 from .metrics import confusion_matrix, mean_average_precision, plot_confusion_matrix, top_k_accuracy
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def predict(
         for index in chunk:
             try:
                 readable.append((index, processor(videos=videos[index], num_temporal_views=num_temporal_views)))
-            except VideoDecodeError as err:
+            except MediaDecodeError as err:
                 skipped.append({"source": str(videos[index]), "error": str(err)})
         if not readable:
             continue
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_evaluation_set(eval_dir: str | None, eval_file: str | None) -> datasets.Dataset:
-    from ..data import load_video_folder, load_video_list
+    from ..data.loading import load_video_folder, load_video_list
 
     if eval_dir:
         loaded = load_video_folder(eval_dir)

@@ -390,9 +390,9 @@ def make_demo_data(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m pemt.demo_data OUT_DIR [--seed N] [--num-classes N] ...``."""
+    """Command line: ``python -m pemt.data.demo OUT_DIR [--seed N] [--num-classes N] ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m pemt.demo_data", description=make_demo_data.__doc__.splitlines()[0]
+        prog="python -m pemt.data.demo", description=make_demo_data.__doc__.splitlines()[0]
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--num-classes", type=int, default=4, help=f"at most {len(CLASSES)}")

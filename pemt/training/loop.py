@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..configuration_pemt import PRESETS, PemtConfig
+from ..model.configuration_pemt import PRESETS, PemtConfig
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "training_state.json"

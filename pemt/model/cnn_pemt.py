@@ -6,10 +6,12 @@ Each maps one segment to one embedding (global average pool of the last stage). 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .configuration_pemt import PemtConfig
 
@@ -152,3 +154,54 @@ class PemtAudioCNN(nn.Module):
 
 
 __all__ = ["PemtVisualCNN", "PemtAudioCNN"]
+
+
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_statistics(module: nn.Module):
+    """Restores BatchNorm running statistics on exit, so that a checkpoint's recomputed forward leaves them as the
+    first forward set them instead of counting the same batch twice."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def run_cnn_over_segments(
+    cnn: nn.Module, segments: torch.Tensor, mask: torch.Tensor, out_dim: int, chunk_size: int, use_checkpointing: bool
+) -> torch.Tensor:
+    """
+    Applies `cnn` to the real segments of `segments` (`[batch, T, ...]`, `mask` `[batch, T]`) and returns
+    `[batch, T, out_dim]` with zeros at padding. Padding is skipped rather than computed, so it neither costs time
+    nor enters BatchNorm's batch statistics. With `chunk_size > 0` the segments go through in chunks, each
+    optionally checkpointed: peak memory then holds one chunk's activations instead of the whole batch's.
+    """
+    batch, length = mask.shape
+    flat_mask = mask.reshape(-1).bool()
+    real = segments.reshape(batch * length, *segments.shape[2:])[flat_mask]
+    pieces = real.split(chunk_size) if chunk_size > 0 else (real,)
+    recompute = use_checkpointing and torch.is_grad_enabled() and cnn.training
+    outputs = []
+    for piece in pieces:
+        if recompute:
+            outputs.append(
+                checkpoint(
+                    cnn,
+                    piece,
+                    use_reentrant=False,
+                    context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_statistics(cnn)),
+                )
+            )
+        else:
+            outputs.append(cnn(piece))
+    embedded = torch.cat(outputs) if outputs else real.new_zeros(0, out_dim)
+    result = embedded.new_zeros(batch * length, out_dim)
+    result[flat_mask] = embedded
+    return result.view(batch, length, out_dim)

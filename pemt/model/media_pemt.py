@@ -17,14 +17,14 @@ from typing import Any, BinaryIO
 import av
 import numpy as np
 
-__all__ = ["VideoDecodeError", "SegmentTiming", "DecodedSegments", "open_clip", "MediaClip", "ArrayClip"]
+__all__ = ["MediaDecodeError", "SegmentTiming", "DecodedSegments", "open_media", "MediaClip", "ArrayClip"]
 
 # Spans closer than this are decoded in one pass: a seek re-decodes from a keyframe, which costs more than
 # decoding a short gap.
 _MERGE_GAP_SECONDS = 0.25
 
 
-class VideoDecodeError(ValueError):
+class MediaDecodeError(ValueError):
     """A video source cannot be read: empty, truncated, not a media file, or without the streams asked for.
 
     The message names the source (its path where there is one) and the problem.
@@ -91,7 +91,7 @@ def _merge_spans(starts: Sequence[float], span: float) -> list[tuple[float, floa
 
 
 class MediaClip:
-    """A media file opened with PyAV; use [`open_clip`] to build one.
+    """A media file opened with PyAV; use [`open_media`] to build one.
 
     Attributes:
         name (`str`): the path, or a description of the source, used in error messages.
@@ -105,7 +105,7 @@ class MediaClip:
         self.video_stream = container.streams.video[0] if container.streams.video else None
         self.audio_stream = container.streams.audio[0] if container.streams.audio else None
         if self.video_stream is None and self.audio_stream is None:
-            raise VideoDecodeError(f"{name}: no video or audio stream in the file.")
+            raise MediaDecodeError(f"{name}: no video or audio stream in the file.")
         # Both streams are measured from the container's start so that audio and video stay aligned.
         self.origin = (container.start_time or 0) / av.time_base
         self.duration = self._duration()
@@ -142,7 +142,7 @@ class MediaClip:
                     end = (packet.pts + (packet.duration or 0)) * packet.time_base
                     last = max(last, float(end) - self.origin)
         except av.error.FFmpegError as err:
-            raise VideoDecodeError(f"{self.name}: cannot read the file to find its duration ({err}).") from err
+            raise MediaDecodeError(f"{self.name}: cannot read the file to find its duration ({err}).") from err
         self.container.seek(0)
         return last
 
@@ -214,9 +214,9 @@ class MediaClip:
                     previous, previous_array = frame, None
         except av.error.FFmpegError as err:
             if previous is None:
-                raise VideoDecodeError(f"{self.name}: video cannot be decoded ({err}).") from err
+                raise MediaDecodeError(f"{self.name}: video cannot be decoded ({err}).") from err
         if previous is None:
-            raise VideoDecodeError(f"{self.name}: the video stream holds no decodable frame.")
+            raise MediaDecodeError(f"{self.name}: the video stream holds no decodable frame.")
         if position < len(wanted):
             # Past the end of the stream: the last frame is held, as a player would show it.
             last = previous_array if previous_array is not None else self._to_rgb(previous, max_short_side)
@@ -254,7 +254,7 @@ class MediaClip:
                 chunks.append(out.to_ndarray().reshape(-1))
         except (av.error.FFmpegError, ValueError) as err:
             if not chunks:
-                raise VideoDecodeError(f"{self.name}: audio cannot be decoded ({err}).") from err
+                raise MediaDecodeError(f"{self.name}: audio cannot be decoded ({err}).") from err
         if not chunks:
             return np.zeros(0, dtype=np.float32), start
         return np.concatenate(chunks).astype(np.float32, copy=False), first_time
@@ -270,20 +270,20 @@ class ArrayClip:
         self.frames = None if frames is None or len(frames) == 0 else np.asarray(frames)
         if self.frames is not None:
             if self.frames.ndim != 4 or self.frames.shape[-1] != 3:
-                raise VideoDecodeError(f"{name}: frames must be [N, H, W, 3]; got shape {self.frames.shape}.")
+                raise MediaDecodeError(f"{name}: frames must be [N, H, W, 3]; got shape {self.frames.shape}.")
             if "video_fps" not in data:
-                raise VideoDecodeError(f"{name}: frames are given without 'video_fps'.")
+                raise MediaDecodeError(f"{name}: frames are given without 'video_fps'.")
             self.video_fps = float(data["video_fps"])
         waveform = data.get("waveform")
         self.waveform = None
         if waveform is not None and np.size(waveform) > 0:
             if "sampling_rate" not in data:
-                raise VideoDecodeError(f"{name}: a waveform is given without 'sampling_rate'.")
+                raise MediaDecodeError(f"{name}: a waveform is given without 'sampling_rate'.")
             waveform = np.asarray(waveform, dtype=np.float32)
             self.waveform = waveform.mean(axis=0) if waveform.ndim == 2 else waveform
             self.sampling_rate = int(data["sampling_rate"])
         if self.frames is None and self.waveform is None:
-            raise VideoDecodeError(f"{name}: neither frames nor a waveform is given.")
+            raise MediaDecodeError(f"{name}: neither frames nor a waveform is given.")
         lengths = []
         if self.frames is not None:
             lengths.append(len(self.frames) / self.video_fps)
@@ -337,12 +337,12 @@ def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.nd
 VideoSource = str | os.PathLike | bytes | BinaryIO | dict[str, Any] | Any
 
 
-def open_clip(source: VideoSource) -> MediaClip | ArrayClip:
+def open_media(source: VideoSource) -> MediaClip | ArrayClip:
     """Opens a clip from a path, bytes, a binary file object, a `datasets` video value (`{"path", "bytes"}` or a
     torchcodec `VideoDecoder`), or a dict of decoded arrays (see [`ArrayClip`]).
 
     Raises:
-        [`VideoDecodeError`]: the source is empty, truncated, or not a media file; the message names it.
+        [`MediaDecodeError`]: the source is empty, truncated, or not a media file; the message names it.
     """
     if isinstance(source, dict):
         if "frames" in source or "waveform" in source:
@@ -350,24 +350,24 @@ def open_clip(source: VideoSource) -> MediaClip | ArrayClip:
         if source.get("bytes") is not None:
             return _open_container(io.BytesIO(source["bytes"]), source.get("path") or "<bytes>")
         if source.get("path") is not None:
-            return open_clip(source["path"])
-        raise VideoDecodeError(f"A video dict needs 'path', 'bytes', 'frames' or 'waveform'; got keys {list(source)}.")
+            return open_media(source["path"])
+        raise MediaDecodeError(f"A video dict needs 'path', 'bytes', 'frames' or 'waveform'; got keys {list(source)}.")
     if type(source).__module__.startswith("torchcodec"):
         return _open_torchcodec(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise VideoDecodeError(f"{path}: no such file.")
+            raise MediaDecodeError(f"{path}: no such file.")
         if os.path.getsize(path) == 0:
-            raise VideoDecodeError(f"{path}: the file is empty (0 bytes).")
+            raise MediaDecodeError(f"{path}: the file is empty (0 bytes).")
         return _open_container(path, path)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise VideoDecodeError("<bytes>: the data is empty (0 bytes).")
+            raise MediaDecodeError("<bytes>: the data is empty (0 bytes).")
         return _open_container(io.BytesIO(bytes(source)), "<bytes>")
     if hasattr(source, "read"):
         return _open_container(source, str(getattr(source, "name", "<file object>")))
-    raise VideoDecodeError(f"Cannot read a video from a {type(source).__name__}.")
+    raise MediaDecodeError(f"Cannot read a video from a {type(source).__name__}.")
 
 
 def _open_container(file: str | BinaryIO, name: str) -> MediaClip:
@@ -375,7 +375,7 @@ def _open_container(file: str | BinaryIO, name: str) -> MediaClip:
         container = av.open(file, mode="r")
     except (av.error.FFmpegError, OSError) as err:
         reason = getattr(err, "strerror", None) or str(err)
-        raise VideoDecodeError(f"{name}: not a readable media file, or truncated ({reason}).") from err
+        raise MediaDecodeError(f"{name}: not a readable media file, or truncated ({reason}).") from err
     try:
         return MediaClip(container, name)
     except BaseException:
@@ -387,10 +387,10 @@ def _open_torchcodec(decoder: Any) -> MediaClip | ArrayClip:
     """`datasets` keeps the encoded source on its torchcodec decoders; frames are read through the API otherwise."""
     encoded = getattr(decoder, "_hf_encoded", None)
     if encoded and (encoded.get("bytes") is not None or encoded.get("path") is not None):
-        return open_clip(encoded)
+        return open_media(encoded)
     path = getattr(decoder.metadata, "path", None)
     if path:
-        return open_clip(path)
+        return open_media(path)
     frames = decoder[0 : len(decoder)]
     frames = frames.data if hasattr(frames, "data") else frames
     array = frames.numpy()

@@ -6,7 +6,6 @@ layer and stack, embeddings, the base model, and the heads.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,23 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import orthogonal
-from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .cnn_pemt import PemtAudioCNN, PemtVisualCNN
+from .cnn_pemt import PemtAudioCNN, PemtVisualCNN, run_cnn_over_segments
 from .configuration_pemt import PemtConfig
+from .objectives import mask_segments, mep_loss, swap_audio
+from .sharing import AUDIO, MODALITY_NAMES, MULTIMODAL, VISUAL, PemtEncoder, PemtSharedLinear, sigma_cache
 
 logger = logging.get_logger(__name__)
-
-# Modality indices select the private parts of shared weights (SPEC: 0 visual, 1 audio, 2 multimodal).
-VISUAL, AUDIO, MULTIMODAL = 0, 1, 2
-MODALITY_NAMES = ("visual", "audio", "multimodal")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -101,60 +95,6 @@ class PemtClassifierOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     model_output: PemtModelOutput | None = None
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parameter sharing: the paper's contribution lives in the next three classes.
-#   PemtSharedLinear - one weight matrix, full, or factored into modality-private V_g, Sigma_g and a shared U.
-#   PemtLayerStack   - `num_hidden_layers` applications of either one layer (layer sharing) or distinct layers.
-#   PemtEncoder      - one stack for all three modalities (cross-modal sharing), or a stack per modality.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class PemtSharedLinear(nn.Module):
-    r"""
-    A linear map `in_features -> out_features` used by `num_modalities` modalities.
-
-    With `low_rank_dim == 0` the whole matrix is shared. Otherwise the map is `x -> U(Sigma_g(normalize(V_g x)))`:
-    `V_g` (no bias) and the orthogonal `Sigma_g` are private to modality `g`, `U` (with bias) is shared. The L2
-    normalisation keeps the private factors on a common scale so one `U` can serve them all, and orthogonality
-    keeps `Sigma_g` a pure rotation of that normalised code.
-    """
-
-    def __init__(self, in_features: int, out_features: int, num_modalities: int, low_rank_dim: int):
-        super().__init__()
-        self.low_rank_dim = low_rank_dim
-        if low_rank_dim == 0:
-            self.dense = nn.Linear(in_features, out_features)
-            return
-        self.private_down = nn.ModuleList(nn.Linear(in_features, low_rank_dim, bias=False) for _ in range(num_modalities))
-        self.private_rotation = nn.ModuleList(_orthogonal_linear(low_rank_dim) for _ in range(num_modalities))
-        self.shared_up = nn.Linear(low_rank_dim, out_features)
-        # A full matrix of std `initializer_range` maps a unit-variance input of width `in_features` to outputs of
-        # std `initializer_range * sqrt(in_features)`. U is fed a unit-norm code instead, so at the same std it would
-        # start sqrt(in_features) times smaller (8x at width 64, 28x at 768): every sublayer would add about 2% to the
-        # post-LN residual and the outputs would hardly depend on the input. `_init_weights` scales U's std by this
-        # factor so that the factored map starts at the scale of the matrix it replaces.
-        self.shared_up.init_std_scale = in_features**0.5
-
-    def forward(self, hidden_states: torch.Tensor, modality: int) -> torch.Tensor:
-        if self.low_rank_dim == 0:
-            return self.dense(hidden_states)
-        code = F.normalize(self.private_down[modality](hidden_states), dim=-1)
-        # Under autocast, torch's orthogonal parametrisation forms Sigma_g = base @ matrix_exp(A) with the product in
-        # bfloat16, which doubles Sigma's departure from orthogonality over rounding a float32 Sigma (and matrix_exp
-        # itself is NaN in bfloat16 on CPU). A 128 x 128 matrix costs nothing in float32; its use below is autocast.
-        with torch.autocast(hidden_states.device.type, enabled=False):
-            sigma = self.private_rotation[modality].weight
-        return self.shared_up(F.linear(code, sigma))
-
-
-def _orthogonal_linear(dim: int) -> nn.Linear:
-    """A bias-free `dim x dim` linear map kept orthogonal by torch's parametrisation."""
-    # Registering the parametrisation tests the initial matrix for orthogonality, a data-dependent check that meta
-    # tensors (which `from_pretrained` builds models with) cannot run; so small a matrix is built for real instead.
-    device = torch.get_default_device()
-    with torch.device("cpu" if device.type == "meta" else device):
-        return orthogonal(nn.Linear(dim, dim, bias=False))
 
 
 def eager_attention_forward(
@@ -245,67 +185,6 @@ class PemtLayer(GradientCheckpointingLayer):
         return hidden_states, probs
 
 
-class PemtLayerStack(nn.Module):
-    """`num_hidden_layers` layer applications: with `share_layers` one [`PemtLayer`] is applied every time."""
-
-    def __init__(self, config: PemtConfig, num_modalities: int):
-        super().__init__()
-        self.depth = config.num_hidden_layers
-        distinct = 1 if config.share_layers else config.num_hidden_layers
-        self.layers = nn.ModuleList(PemtLayer(config, num_modalities) for _ in range(distinct))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        modality: int,
-        output_attentions: bool,
-        output_hidden_states: bool,
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for depth in range(self.depth):
-            layer = self.layers[depth % len(self.layers)]
-            hidden_states, probs = layer(hidden_states, attention_mask, modality, output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            if output_attentions:
-                all_attentions += (probs,)
-        return hidden_states, all_hidden, all_attentions
-
-
-class PemtEncoder(nn.Module):
-    """
-    The visual, audio and multimodal Transformers. With `share_modalities` one [`PemtLayerStack`] serves all three
-    and a modality index picks its private parts; otherwise each modality has a stack of its own. Holds Transformer
-    layers only, so its parameter count is the "Transformers" figure of the paper.
-    """
-
-    def __init__(self, config: PemtConfig):
-        super().__init__()
-        self.share_modalities = config.share_modalities
-        if config.share_modalities:
-            self.shared = PemtLayerStack(config, num_modalities=3)
-        else:
-            self.per_modality = nn.ModuleList(PemtLayerStack(config, num_modalities=1) for _ in MODALITY_NAMES)
-
-    def stack_for(self, modality: int) -> tuple[PemtLayerStack, int]:
-        """The stack that runs `modality`, and the index of that modality's private parts inside it."""
-        if self.share_modalities:
-            return self.shared, modality
-        return self.per_modality[modality], 0
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        modality: int,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-        stack, index = self.stack_for(modality)
-        return stack(hidden_states, attention_mask, index, output_attentions, output_hidden_states)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Embeddings (always private to their modality)
@@ -350,60 +229,6 @@ class PemtMultimodalEmbeddings(nn.Module):
         )
         tokens = torch.cat([visual, audio], dim=1)
         return self.dropout(self.norm(tokens + self.position_embeddings(positions) + self.token_type_embeddings(types)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CNNs over segments
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_statistics(module: nn.Module):
-    """Restores BatchNorm running statistics on exit, so that a checkpoint's recomputed forward leaves them as the
-    first forward set them instead of counting the same batch twice."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, (mean, var, count) in zip(norms, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
-
-
-def run_cnn_over_segments(
-    cnn: nn.Module, segments: torch.Tensor, mask: torch.Tensor, out_dim: int, chunk_size: int, use_checkpointing: bool
-) -> torch.Tensor:
-    """
-    Applies `cnn` to the real segments of `segments` (`[batch, T, ...]`, `mask` `[batch, T]`) and returns
-    `[batch, T, out_dim]` with zeros at padding. Padding is skipped rather than computed, so it neither costs time
-    nor enters BatchNorm's batch statistics. With `chunk_size > 0` the segments go through in chunks, each
-    optionally checkpointed: peak memory then holds one chunk's activations instead of the whole batch's.
-    """
-    batch, length = mask.shape
-    flat_mask = mask.reshape(-1).bool()
-    real = segments.reshape(batch * length, *segments.shape[2:])[flat_mask]
-    pieces = real.split(chunk_size) if chunk_size > 0 else (real,)
-    recompute = use_checkpointing and torch.is_grad_enabled() and cnn.training
-    outputs = []
-    for piece in pieces:
-        if recompute:
-            outputs.append(
-                checkpoint(
-                    cnn,
-                    piece,
-                    use_reentrant=False,
-                    context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_statistics(cnn)),
-                )
-            )
-        else:
-            outputs.append(cnn(piece))
-    embedded = torch.cat(outputs) if outputs else real.new_zeros(0, out_dim)
-    result = embedded.new_zeros(batch * length, out_dim)
-    result[flat_mask] = embedded
-    return result.view(batch, length, out_dim)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,7 +298,7 @@ class PemtModel(PemtPreTrainedModel):
         self.visual_embeddings = PemtModalityEmbeddings(config, config.visual_embedding_dim)
         self.audio_embeddings = PemtModalityEmbeddings(config, config.audio_embedding_dim)
         self.multimodal_embeddings = PemtMultimodalEmbeddings(config)
-        self.encoder = PemtEncoder(config)
+        self.encoder = PemtEncoder(config, PemtLayer)
         self.post_init()
 
     def embed_visual(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -531,11 +356,7 @@ class PemtModel(PemtPreTrainedModel):
             raise ValueError("PemtModel needs pixel_values, audio_values, or both (or their CNN embeddings).")
 
         fields = {"visual_embeddings": visual_embeddings, "audio_embeddings": audio_embeddings}
-        # Sigma_g is used by every layer application; caching computes each orthogonal matrix once per forward. Not
-        # under layer checkpointing: the recomputed layer would rebuild Sigma that the first pass took from the cache,
-        # and checkpointing requires both passes to do the same work.
-        recomputing_layers = self.is_activation_checkpointing and self.training
-        with contextlib.nullcontext() if recomputing_layers else parametrize.cached():
+        with sigma_cache(self):
             key_masks = {}
             for modality, cnn_embeddings, mask, embeddings in (
                 (VISUAL, visual_embeddings, pixel_mask, self.visual_embeddings),
@@ -755,38 +576,6 @@ class PemtForPreTrainingOutput(ModelOutput):
     model_output: PemtModelOutput | None = None
 
 
-def sample_negatives(
-    anchors: torch.Tensor, pool: torch.Tensor, anchor_positions: torch.Tensor, num_negatives: int, variant: str,
-    temperature: float,
-) -> torch.Tensor:
-    r"""
-    Content-aware negative sampling: for each anchor (a masked segment's true CNN embedding), draws `num_negatives`
-    indices into `pool` (all real segments of the batch, same modality), never the anchor itself.
-
-    The draw follows `softmax(s * cos(anchor, candidate) / temperature)` with `s = +1` for `"similar"` (hard negatives
-    first, the paper's choice), `s = -1` for `"dissimilar"`, and equal weights for `"uniform"`. Embeddings are
-    compared without gradient: sampling chooses the contrast, the loss trains the CNNs. Without enough candidates the
-    draw repeats indices.
-
-    Returns:
-        `torch.LongTensor` of shape `(num_anchors, num_negatives)`.
-    """
-    if pool.shape[0] < 2:
-        raise ValueError("Negative sampling needs at least two real segments of a modality in the batch.")
-    with torch.no_grad():
-        if variant == "uniform":
-            logits = anchors.new_zeros(anchors.shape[0], pool.shape[0], dtype=torch.float32)
-        else:
-            sign = 1.0 if variant == "similar" else -1.0
-            # Pooled post-ReLU features share a large positive common component that makes every cosine near 1;
-            # centring on the pool's mean leaves the part that tells segments apart.
-            centre = pool.float().mean(dim=0)
-            cosine = F.normalize(anchors.float() - centre, dim=-1) @ F.normalize(pool.float() - centre, dim=-1).T
-            logits = sign * cosine / temperature
-        logits[torch.arange(anchors.shape[0], device=anchors.device), anchor_positions] = float("-inf")
-        probabilities = logits.softmax(dim=-1)
-        return torch.multinomial(probabilities, num_negatives, replacement=pool.shape[0] - 1 < num_negatives)
-
 
 class PemtMepHead(nn.Module):
     """Scores `s(o, x) = FFN(o)^T W x` between a Transformer output `o` and a CNN embedding `x`. Both sides are
@@ -873,13 +662,11 @@ class PemtForPreTraining(PemtPreTrainedModel):
         audio = self.pemt.embed_audio(audio_values, audio_mask)
 
         # Correct pair prediction: a random cyclic shift (never 0) gives every swapped clip another clip's audio.
-        swapped = torch.rand(batch, device=visual.device) < 0.5
-        donor = (torch.arange(batch, device=visual.device) + torch.randint(1, batch, (1,), device=visual.device)) % batch
-        audio = torch.where(swapped[:, None, None], audio[donor], audio)
-        audio_mask = torch.where(swapped[:, None], audio_mask[donor], audio_mask)
+        audio, audio_mask, swapped = swap_audio(audio, audio_mask)
 
-        visual_masked, visual_positions = self._mask_segments(visual, pixel_mask, self.visual_mask_embedding)
-        audio_masked, audio_positions = self._mask_segments(audio, audio_mask, self.audio_mask_embedding)
+        p = self.config.mask_probability
+        visual_masked, visual_positions = mask_segments(visual, pixel_mask, self.visual_mask_embedding, p)
+        audio_masked, audio_positions = mask_segments(audio, audio_mask, self.audio_mask_embedding, p)
         output = self.pemt(
             visual_embeddings=visual_masked, audio_embeddings=audio_masked, pixel_mask=pixel_mask, audio_mask=audio_mask,
             return_dict=True,
@@ -896,7 +683,10 @@ class PemtForPreTraining(PemtPreTrainedModel):
         }
         losses, correct, counted = {}, 0, 0
         for name, (hidden, targets, real, positions) in predictions.items():
-            loss, hits = self._mep_loss(self.mep_heads[name], hidden, targets, real, positions)
+            loss, hits = mep_loss(
+                self.mep_heads[name], hidden, targets, real, positions, self.config.mep_num_negatives,
+                self.config.negative_sampling, self.config.negative_sampling_temperature, self.config.mep_temperature,
+            )
             losses[name] = loss
             correct, counted = correct + hits.sum(), counted + hits.numel()
         multimodal_mep_loss = (losses["multimodal_visual"] + losses["multimodal_audio"]) / 2
@@ -924,44 +714,6 @@ class PemtForPreTraining(PemtPreTrainedModel):
             model_output=output,
         )
         return result if return_dict else result.to_tuple()
-
-    def _mask_segments(
-        self, embeddings: torch.Tensor, real: torch.Tensor, mask_embedding: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """BERT-style corruption of CNN embeddings; returns the corrupted copy and the boolean masked positions."""
-        real = real.bool()
-        scores = torch.rand(real.shape, device=embeddings.device).masked_fill(~real, 2.0)
-        positions = (scores < self.config.mask_probability) & real
-        # Short clips would often get no masked segment at 15%; every clip with a real segment masks at least one.
-        lowest = scores.argmin(dim=1, keepdim=True)
-        positions.scatter_(1, lowest, real.gather(1, lowest))
-        choice = torch.rand(real.shape, device=embeddings.device)
-        use_mask_vector = positions & (choice < 0.8)
-        use_random = positions & (choice >= 0.8) & (choice < 0.9)
-        flat_real = embeddings[real]
-        random_pick = flat_real[torch.randint(flat_real.shape[0], real.shape, device=embeddings.device)]
-        corrupted = torch.where(use_mask_vector[..., None], mask_embedding.to(embeddings.dtype), embeddings)
-        corrupted = torch.where(use_random[..., None], random_pick, corrupted)
-        return corrupted, positions
-
-    def _mep_loss(
-        self, head: PemtMepHead, hidden: torch.Tensor, targets: torch.Tensor, real: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """InfoNCE at masked positions: the true embedding (index 0) against sampled negatives."""
-        real = real.bool()
-        pool = targets[real]
-        # Index of each real segment in `pool`, so that a masked segment can be excluded from its own negatives.
-        pool_index = (real.flatten().cumsum(0) - 1).view(real.shape)
-        anchor_positions = pool_index[positions]
-        anchors = targets[positions]
-        negatives = sample_negatives(
-            anchors, pool, anchor_positions, self.config.mep_num_negatives, self.config.negative_sampling,
-            self.config.negative_sampling_temperature,
-        )
-        candidates = torch.cat([anchors[:, None], pool[negatives]], dim=1)
-        scores = head(hidden[positions], candidates) / self.config.mep_temperature
-        loss = F.cross_entropy(scores.float(), torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
-        return loss, scores.argmax(dim=-1) == 0
 
 
 __all__ = [

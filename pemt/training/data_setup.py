@@ -11,8 +11,8 @@ import datasets
 import torch
 from accelerate import Accelerator
 
-from ..data import collate, load_video_folder, load_video_list, preprocess_dataset
-from ..processing_pemt import PemtProcessor
+from ..data.loading import collate, load_video_folder, load_video_list, preprocess_dataset
+from ..model.processing_pemt import PemtProcessor
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

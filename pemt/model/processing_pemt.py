@@ -10,7 +10,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from .configuration_pemt import PemtConfig
-from .decoding import DecodedSegments, SegmentTiming, VideoDecodeError, VideoSource, open_clip
+from .media_pemt import DecodedSegments, SegmentTiming, MediaDecodeError, VideoSource, open_media
 from .feature_extraction_pemt import PemtFeatureExtractor
 from .video_processing_pemt import PemtVideoProcessor
 
@@ -47,7 +47,7 @@ def segment_starts(
 
 class PemtProcessor(ProcessorMixin):
     r"""
-    Builds PEMT's inputs from videos: decodes only the spans the segments cover (see [`open_clip`]), then turns
+    Builds PEMT's inputs from videos: decodes only the spans the segments cover (see [`open_media`]), then turns
     frames into `pixel_values` with [`PemtVideoProcessor`] and audio into log-mel `audio_values` with
     [`PemtFeatureExtractor`].
 
@@ -130,7 +130,7 @@ class PemtProcessor(ProcessorMixin):
             and the clip's name for messages.
         """
         timing = self.timing
-        with open_clip(video) as clip:
+        with open_media(video) as clip:
             if clip.duration < timing.span:
                 starts = [[0.0] * self.num_segments for _ in range(num_temporal_views)]
                 real = np.zeros((num_temporal_views, self.num_segments), dtype=bool)
@@ -163,7 +163,7 @@ class PemtProcessor(ProcessorMixin):
         mask = torch.as_tensor(real, dtype=torch.long)
         if segments.frames is None:
             if require_video:
-                raise VideoDecodeError(f"{name}: no video stream, and require_video=True.")
+                raise MediaDecodeError(f"{name}: no video stream, and require_video=True.")
             crop = self.video_processor.train_crop_size if training else self.video_processor.eval_crop_size
             pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop)
             pixel_mask = torch.zeros(count, dtype=torch.long)
@@ -172,7 +172,7 @@ class PemtProcessor(ProcessorMixin):
             pixel_mask = mask
         if segments.waveform is None:
             if require_audio:
-                raise VideoDecodeError(f"{name}: no audio stream, and require_audio=True.")
+                raise MediaDecodeError(f"{name}: no audio stream, and require_audio=True.")
             extractor = self.feature_extractor
             audio = torch.zeros(count, 1, extractor.num_mel_bins, extractor.audio_frames)
             audio_mask = torch.zeros(count, dtype=torch.long)
@@ -212,7 +212,7 @@ class PemtProcessor(ProcessorMixin):
             `[B * k, T, 1, num_mel_bins, audio_frames]`, and `pixel_mask`, `audio_mask` `[B * k, T]` (1: real).
 
         Raises:
-            [`VideoDecodeError`]: a clip cannot be read, or lacks a required modality; the message names it.
+            [`MediaDecodeError`]: a clip cannot be read, or lacks a required modality; the message names it.
         """
         if videos is None:
             raise ValueError("PemtProcessor needs `videos`.")

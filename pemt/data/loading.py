@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from datasets.fingerprint import Hasher
 
-from .decoding import VideoDecodeError
-from .processing_pemt import PemtProcessor
+from ..model.media_pemt import MediaDecodeError
+from ..model.processing_pemt import PemtProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _preprocess_batch(batch: dict[str, list], rank: int | None, processor: PemtP
                 "audio_mask": mask * (segments.waveform is not None),
                 "error": "",
             }
-        except (VideoDecodeError, OSError, RuntimeError) as err:
+        except (MediaDecodeError, OSError, RuntimeError) as err:
             # One unreadable file must not stop the data set; it is dropped and reported afterwards.
             row = {**empty, "pixel_mask": np.zeros(processor.num_segments, np.int64), "audio_mask": np.zeros(processor.num_segments, np.int64), "error": str(err) or type(err).__name__}
         row.update(label=label, source=_describe(video))

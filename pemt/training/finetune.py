@@ -1,4 +1,4 @@
-"""Fine-tuning PEMT for classification: `pemt finetune ...` or `accelerate launch -m pemt.train.finetune ...`."""
+"""Fine-tuning PEMT for classification: `pemt finetune ...` or `accelerate launch -m pemt.training.finetune ...`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..configuration_pemt import CLASSIFIER_MODALITIES
-from ..data import label_names
+from ..model.configuration_pemt import CLASSIFIER_MODALITIES
+from ..data.loading import label_names
 from ..hub import TRAINING_ARGS_FILE
 from ..model_card import write_model_card
-from ..modeling_pemt import PemtForAudioVisualClassification
-from ..processing_pemt import PemtProcessor
+from ..model.modeling_pemt import PemtForAudioVisualClassification
+from ..model.processing_pemt import PemtProcessor
 from .data_setup import add_data_arguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
 from .evaluate import compute_metrics, evaluate_model
 from .loop import HISTORY_FILE, Trainer, add_training_arguments, build_accelerator, load_model_config, parse_overrides
