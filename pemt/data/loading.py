@@ -102,8 +102,8 @@ def _stored_features(processor: PemtProcessor, training: bool, label_feature: An
         {
             "frames": datasets.Array5D((segments, video.frames_per_segment, side, side, 3), "uint8"),
             "audio_values": datasets.Array4D((segments, 1, audio.num_mel_bins, audio.audio_frames), "float32"),
-            "pixel_mask": datasets.Sequence(datasets.Value("int64"), length=segments),
-            "audio_mask": datasets.Sequence(datasets.Value("int64"), length=segments),
+            "visual_segment_mask": datasets.Sequence(datasets.Value("int64"), length=segments),
+            "audio_segment_mask": datasets.Sequence(datasets.Value("int64"), length=segments),
             "label": label_feature,
             "source": datasets.Value("string"),
             "error": datasets.Value("string"),
@@ -121,7 +121,7 @@ def _preprocess_batch(batch: dict[str, list], rank: int | None, processor: PemtP
     if rank is not None:
         # A forked worker inherits the parent's OpenMP pool state, which deadlocks in libgomp; one thread each.
         torch.set_num_threads(1)
-    out: dict[str, list] = {key: [] for key in ("frames", "audio_values", "pixel_mask", "audio_mask", "label", "source", "error")}
+    out: dict[str, list] = {key: [] for key in ("frames", "audio_values", "visual_segment_mask", "audio_segment_mask", "label", "source", "error")}
     video_processor = processor.video_processor
     side = video_processor.storage_side(training)
     for video, label in zip(batch["video"], batch["label"]):
@@ -145,13 +145,13 @@ def _preprocess_batch(batch: dict[str, list], rank: int | None, processor: PemtP
             row = {
                 "frames": frames,
                 "audio_values": audio,
-                "pixel_mask": mask * (segments.frames is not None),
-                "audio_mask": mask * (segments.waveform is not None),
+                "visual_segment_mask": mask * (segments.frames is not None),
+                "audio_segment_mask": mask * (segments.waveform is not None),
                 "error": "",
             }
         except (MediaDecodeError, OSError, RuntimeError) as err:
             # One unreadable file must not stop the data set; it is dropped and reported afterwards.
-            row = {**empty, "pixel_mask": np.zeros(processor.num_segments, np.int64), "audio_mask": np.zeros(processor.num_segments, np.int64), "error": str(err) or type(err).__name__}
+            row = {**empty, "visual_segment_mask": np.zeros(processor.num_segments, np.int64), "audio_segment_mask": np.zeros(processor.num_segments, np.int64), "error": str(err) or type(err).__name__}
         row.update(label=label, source=_describe(video))
         for key, value in row.items():
             out[key].append(value)
@@ -179,7 +179,7 @@ def preprocess_dataset(
             `<cache_dir>/skipped.json` when a cache dir is given.
 
     Returns:
-        `datasets.Dataset` in torch format with `frames`, `audio_values`, `pixel_mask`, `audio_mask`, `label`
+        `datasets.Dataset` in torch format with `frames`, `audio_values`, `visual_segment_mask`, `audio_segment_mask`, `label`
         (and `source`, the file each row came from). Unreadable files are left out, logged and reported.
     """
     fingerprint = Hasher.hash([dataset._fingerprint, processor.to_json_string(), training, "pemt-preprocess-v1"])
@@ -210,7 +210,7 @@ def preprocess_dataset(
     if report_path is not None:
         Path(report_path).write_text(json.dumps(skipped, indent=2) + "\n")
     processed = processed.remove_columns("error")
-    processed.set_format("torch", columns=["frames", "audio_values", "pixel_mask", "audio_mask", "label"], output_all_columns=True)
+    processed.set_format("torch", columns=["frames", "audio_values", "visual_segment_mask", "audio_segment_mask", "label"], output_all_columns=True)
     return processed
 
 
@@ -221,7 +221,7 @@ def collate(
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stacks preprocessed rows into a model batch: `pixel_values` `[B, T, 3, F, crop, crop]`, `audio_values`,
-    `pixel_mask`, `audio_mask` and `labels`. Training applies the random short side, crop and SpecAugment here, so
+    `visual_segment_mask`, `audio_segment_mask` and `labels`. Training applies the random short side, crop and SpecAugment here, so
     each epoch sees new augmentations. Use with `functools.partial(collate, processor=..., training=...)`."""
     video = processor.video_processor
     # The torch format of `datasets` widens stored uint8 frames to int64; the processor scales uint8 only.
@@ -229,16 +229,16 @@ def collate(
         [video(torch.as_tensor(row["frames"]).to(torch.uint8), training=training, generator=generator, return_tensors="pt")["pixel_values"] for row in rows]
     )
     audio_values = torch.stack([torch.as_tensor(row["audio_values"]) for row in rows])
-    pixel_mask = torch.stack([torch.as_tensor(row["pixel_mask"]) for row in rows])
-    audio_mask = torch.stack([torch.as_tensor(row["audio_mask"]) for row in rows])
+    visual_segment_mask = torch.stack([torch.as_tensor(row["visual_segment_mask"]) for row in rows])
+    audio_segment_mask = torch.stack([torch.as_tensor(row["audio_segment_mask"]) for row in rows])
     if training:
         audio_values = processor.feature_extractor.spec_augment(audio_values, generator)
-    pixel_values[pixel_mask == 0] = 0
-    audio_values[audio_mask == 0] = 0
+    pixel_values[visual_segment_mask == 0] = 0
+    audio_values[audio_segment_mask == 0] = 0
     return {
         "pixel_values": pixel_values,
         "audio_values": audio_values,
-        "pixel_mask": pixel_mask,
-        "audio_mask": audio_mask,
+        "visual_segment_mask": visual_segment_mask,
+        "audio_segment_mask": audio_segment_mask,
         "labels": torch.as_tensor([int(row["label"]) for row in rows]),
     }

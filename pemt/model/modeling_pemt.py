@@ -38,9 +38,9 @@ class PemtModelOutput(ModelOutput):
     sequence is the visual one followed by the audio one. A field is `None` when its modality was not given.
 
     Args:
-        visual_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, visual_embedding_dim)`):
+        visual_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, visual_embedding_dim)`):
             Pooled visual CNN output per segment (zeros at masked segments).
-        audio_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, audio_embedding_dim)`):
+        audio_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, audio_embedding_dim)`):
             Pooled audio CNN output per segment (zeros at masked segments).
         visual_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_segments, hidden_size)`):
             Output of the visual Transformer.
@@ -61,8 +61,8 @@ class PemtModelOutput(ModelOutput):
             `output_attentions=True`.
     """
 
-    visual_embeddings: torch.FloatTensor | None = None
-    audio_embeddings: torch.FloatTensor | None = None
+    visual_cnn_embeddings: torch.FloatTensor | None = None
+    audio_cnn_embeddings: torch.FloatTensor | None = None
     visual_last_hidden_state: torch.FloatTensor | None = None
     audio_last_hidden_state: torch.FloatTensor | None = None
     multimodal_last_hidden_state: torch.FloatTensor | None = None
@@ -287,7 +287,7 @@ class PemtModel(PemtPreTrainedModel):
     The PEMT backbone: visual and audio CNNs per segment, then the visual, audio and multimodal Transformers.
 
     Either modality may be left out (`pixel_values=None` or `audio_values=None`); the multimodal Transformer runs
-    only when both are given. Precomputed CNN embeddings (`visual_embeddings`, `audio_embeddings`) may replace the
+    only when both are given. Precomputed CNN embeddings (`visual_cnn_embeddings`, `audio_cnn_embeddings`) may replace the
     raw inputs, which is how pretraining substitutes masked segments.
     """
 
@@ -301,17 +301,17 @@ class PemtModel(PemtPreTrainedModel):
         self.encoder = PemtEncoder(config, PemtLayer)
         self.post_init()
 
-    def embed_visual(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_visual(self, pixel_values: torch.Tensor, visual_segment_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[batch, T, 3, frames, H, W]` -> visual CNN embeddings `[batch, T, visual_embedding_dim]`."""
-        mask = pixel_mask if pixel_mask is not None else pixel_values.new_ones(pixel_values.shape[:2], dtype=torch.long)
+        mask = visual_segment_mask if visual_segment_mask is not None else pixel_values.new_ones(pixel_values.shape[:2], dtype=torch.long)
         return run_cnn_over_segments(
             self.visual_cnn, pixel_values, mask, self.config.visual_embedding_dim, self.config.cnn_chunk_size,
             self.config.cnn_checkpointing,
         )
 
-    def embed_audio(self, audio_values: torch.Tensor, audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_audio(self, audio_values: torch.Tensor, audio_segment_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[batch, T, 1, mels, frames]` -> audio CNN embeddings `[batch, T, audio_embedding_dim]`."""
-        mask = audio_mask if audio_mask is not None else audio_values.new_ones(audio_values.shape[:2], dtype=torch.long)
+        mask = audio_segment_mask if audio_segment_mask is not None else audio_values.new_ones(audio_values.shape[:2], dtype=torch.long)
         return run_cnn_over_segments(
             self.audio_cnn, audio_values, mask, self.config.audio_embedding_dim, self.config.cnn_chunk_size,
             self.config.cnn_checkpointing,
@@ -321,10 +321,10 @@ class PemtModel(PemtPreTrainedModel):
         self,
         pixel_values: torch.FloatTensor | None = None,
         audio_values: torch.FloatTensor | None = None,
-        pixel_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
-        visual_embeddings: torch.FloatTensor | None = None,
-        audio_embeddings: torch.FloatTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
+        visual_cnn_embeddings: torch.FloatTensor | None = None,
+        audio_cnn_embeddings: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -336,11 +336,11 @@ class PemtModel(PemtPreTrainedModel):
                 Normalised video segments, as [`PemtProcessor`] returns them.
             audio_values (`torch.FloatTensor` of shape `(batch_size, num_segments, 1, num_mel_bins, audio_frames)`, *optional*):
                 Log-mel spectrogram segments.
-            pixel_mask, audio_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*):
+            visual_segment_mask, audio_segment_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*):
                 1 for real segments, 0 for padding. Default: all real.
-            visual_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, visual_embedding_dim)`, *optional*):
+            visual_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, visual_embedding_dim)`, *optional*):
                 CNN embeddings to use instead of running the visual CNN on `pixel_values`.
-            audio_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, audio_embedding_dim)`, *optional*):
+            audio_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, audio_embedding_dim)`, *optional*):
                 CNN embeddings to use instead of running the audio CNN on `audio_values`.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
@@ -348,19 +348,19 @@ class PemtModel(PemtPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if visual_embeddings is None and pixel_values is not None:
-            visual_embeddings = self.embed_visual(pixel_values, pixel_mask)
-        if audio_embeddings is None and audio_values is not None:
-            audio_embeddings = self.embed_audio(audio_values, audio_mask)
-        if visual_embeddings is None and audio_embeddings is None:
+        if visual_cnn_embeddings is None and pixel_values is not None:
+            visual_cnn_embeddings = self.embed_visual(pixel_values, visual_segment_mask)
+        if audio_cnn_embeddings is None and audio_values is not None:
+            audio_cnn_embeddings = self.embed_audio(audio_values, audio_segment_mask)
+        if visual_cnn_embeddings is None and audio_cnn_embeddings is None:
             raise ValueError("PemtModel needs pixel_values, audio_values, or both (or their CNN embeddings).")
 
-        fields = {"visual_embeddings": visual_embeddings, "audio_embeddings": audio_embeddings}
+        fields = {"visual_cnn_embeddings": visual_cnn_embeddings, "audio_cnn_embeddings": audio_cnn_embeddings}
         with sigma_cache(self):
             key_masks = {}
             for modality, cnn_embeddings, mask, embeddings in (
-                (VISUAL, visual_embeddings, pixel_mask, self.visual_embeddings),
-                (AUDIO, audio_embeddings, audio_mask, self.audio_embeddings),
+                (VISUAL, visual_cnn_embeddings, visual_segment_mask, self.visual_embeddings),
+                (AUDIO, audio_cnn_embeddings, audio_segment_mask, self.audio_embeddings),
             ):
                 if cnn_embeddings is None:
                     continue
@@ -439,8 +439,8 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         self,
         pixel_values: torch.FloatTensor | None = None,
         audio_values: torch.FloatTensor | None = None,
-        pixel_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -454,8 +454,8 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = {
-            "visual": {"pixel_values": pixel_values, "pixel_mask": pixel_mask},
-            "audio": {"audio_values": audio_values, "audio_mask": audio_mask},
+            "visual": {"pixel_values": pixel_values, "visual_segment_mask": visual_segment_mask},
+            "audio": {"audio_values": audio_values, "audio_segment_mask": audio_segment_mask},
         }
         backbone_inputs = {}
         for name in self.modalities:
@@ -467,13 +467,13 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         output = self.pemt(
             **backbone_inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
         )
-        masks = {"visual": pixel_mask, "audio": audio_mask}
+        masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
         pooled = 0
         for name, sequence in self._sequences(output).items():
             pooled = pooled + self.segment_poolers[name](summary_and_mean(sequence, masks[name]))
         logits = self.classifier(self.dropout(self.norm(pooled)))
         cnn_features = torch.cat(
-            [masked_mean(output[f"{name}_embeddings"], masks[name]) for name in self.modalities], dim=-1
+            [masked_mean(output[f"{name}_cnn_embeddings"], masks[name]) for name in self.modalities], dim=-1
         )
         logits = logits + self.cnn_classifier(self.dropout(cnn_features))
         loss = self.compute_loss(logits, labels) if labels is not None else None
@@ -495,7 +495,7 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
 
     def select_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The entries of a processor batch that this classifier's modality reads (others are dropped)."""
-        prefixes = {"visual": ("pixel",), "audio": ("audio",)}
+        prefixes = {"visual": ("pixel", "visual"), "audio": ("audio",)}
         keep = {prefix for name in self.modalities for prefix in prefixes[name]}
         return {key: value for key, value in batch.items() if key.split("_")[0] in keep}
 
@@ -642,33 +642,33 @@ class PemtForPreTraining(PemtPreTrainedModel):
         self,
         pixel_values: torch.FloatTensor,
         audio_values: torch.FloatTensor,
-        pixel_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PemtForPreTrainingOutput | tuple:
         r"""
         Args:
-            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`]; both modalities are required,
+            pixel_values, audio_values, visual_segment_mask, audio_segment_mask: as for [`PemtModel`]; both modalities are required,
                 and the batch needs at least two clips (swapped pairs and negatives come from other clips).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch, length = pixel_values.shape[:2]
         if batch < 2:
             raise ValueError("Pretraining needs at least two clips per batch (per device).")
-        pixel_mask = pixel_mask if pixel_mask is not None else pixel_values.new_ones(batch, length, dtype=torch.long)
-        audio_mask = audio_mask if audio_mask is not None else audio_values.new_ones(batch, length, dtype=torch.long)
-        visual = self.pemt.embed_visual(pixel_values, pixel_mask)
-        audio = self.pemt.embed_audio(audio_values, audio_mask)
+        visual_segment_mask = visual_segment_mask if visual_segment_mask is not None else pixel_values.new_ones(batch, length, dtype=torch.long)
+        audio_segment_mask = audio_segment_mask if audio_segment_mask is not None else audio_values.new_ones(batch, length, dtype=torch.long)
+        visual = self.pemt.embed_visual(pixel_values, visual_segment_mask)
+        audio = self.pemt.embed_audio(audio_values, audio_segment_mask)
 
         # Correct pair prediction: a random cyclic shift (never 0) gives every swapped clip another clip's audio.
-        audio, audio_mask, swapped = swap_audio(audio, audio_mask)
+        audio, audio_segment_mask, swapped = swap_audio(audio, audio_segment_mask)
 
         p = self.config.mask_probability
-        visual_masked, visual_positions = mask_segments(visual, pixel_mask, self.visual_mask_embedding, p)
-        audio_masked, audio_positions = mask_segments(audio, audio_mask, self.audio_mask_embedding, p)
+        visual_masked, visual_positions = mask_segments(visual, visual_segment_mask, self.visual_mask_embedding, p)
+        audio_masked, audio_positions = mask_segments(audio, audio_segment_mask, self.audio_mask_embedding, p)
         output = self.pemt(
-            visual_embeddings=visual_masked, audio_embeddings=audio_masked, pixel_mask=pixel_mask, audio_mask=audio_mask,
+            visual_cnn_embeddings=visual_masked, audio_cnn_embeddings=audio_masked, visual_segment_mask=visual_segment_mask, audio_segment_mask=audio_segment_mask,
             return_dict=True,
         )
 
@@ -676,10 +676,10 @@ class PemtForPreTraining(PemtPreTrainedModel):
         visual_tokens = slice(1, 1 + length)
         audio_tokens = slice(2 + length, 2 + 2 * length)
         predictions = {
-            "visual": (output.visual_last_hidden_state[:, visual_tokens], visual, pixel_mask, visual_positions),
-            "audio": (output.audio_last_hidden_state[:, visual_tokens], audio, audio_mask, audio_positions),
-            "multimodal_visual": (multimodal[:, visual_tokens], visual, pixel_mask, visual_positions),
-            "multimodal_audio": (multimodal[:, audio_tokens], audio, audio_mask, audio_positions),
+            "visual": (output.visual_last_hidden_state[:, visual_tokens], visual, visual_segment_mask, visual_positions),
+            "audio": (output.audio_last_hidden_state[:, visual_tokens], audio, audio_segment_mask, audio_positions),
+            "multimodal_visual": (multimodal[:, visual_tokens], visual, visual_segment_mask, visual_positions),
+            "multimodal_audio": (multimodal[:, audio_tokens], audio, audio_segment_mask, audio_positions),
         }
         losses, correct, counted = {}, 0, 0
         for name, (hidden, targets, real, positions) in predictions.items():
@@ -694,8 +694,8 @@ class PemtForPreTraining(PemtPreTrainedModel):
         # Each modality's part of the multimodal output is pooled as the downstream head pools it. The product gives
         # the MLP the agreement of the two directly; from a concatenation alone it would have to learn that
         # multiplicative interaction, which it does slowly.
-        visual_pooled = summary_and_mean(multimodal[:, : 1 + length], pixel_mask)
-        audio_pooled = summary_and_mean(multimodal[:, 1 + length :], audio_mask)
+        visual_pooled = summary_and_mean(multimodal[:, : 1 + length], visual_segment_mask)
+        audio_pooled = summary_and_mean(multimodal[:, 1 + length :], audio_segment_mask)
         cpp_features = torch.cat([visual_pooled, audio_pooled, visual_pooled * audio_pooled], dim=-1)
         cpp_logits = self.cpp_head(cpp_features).squeeze(-1)
         cpp_labels = (~swapped).to(cpp_logits.dtype)

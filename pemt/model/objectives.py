@@ -40,15 +40,15 @@ def sample_negatives(
         return torch.multinomial(probabilities, num_negatives, replacement=pool.shape[0] - 1 < num_negatives)
 
 
-def swap_audio(audio: torch.Tensor, audio_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def swap_audio(audio: torch.Tensor, audio_segment_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Correct pair prediction's input: about half of the clips get another clip's audio (a random cyclic shift of
     the batch, never 0). Returns the audio embeddings, their mask, and the boolean `swapped` per clip."""
     batch = audio.shape[0]
     swapped = torch.rand(batch, device=audio.device) < 0.5
     donor = (torch.arange(batch, device=audio.device) + torch.randint(1, batch, (1,), device=audio.device)) % batch
     audio = torch.where(swapped[:, None, None], audio[donor], audio)
-    audio_mask = torch.where(swapped[:, None], audio_mask[donor], audio_mask)
-    return audio, audio_mask, swapped
+    audio_segment_mask = torch.where(swapped[:, None], audio_segment_mask[donor], audio_segment_mask)
+    return audio, audio_segment_mask, swapped
 
 
 def mask_segments(

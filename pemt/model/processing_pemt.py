@@ -166,23 +166,23 @@ class PemtProcessor(ProcessorMixin):
                 raise MediaDecodeError(f"{name}: no video stream, and require_video=True.")
             crop = self.video_processor.train_crop_size if training else self.video_processor.eval_crop_size
             pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop)
-            pixel_mask = torch.zeros(count, dtype=torch.long)
+            visual_segment_mask = torch.zeros(count, dtype=torch.long)
         else:
             pixels = self.video_processor(torch.from_numpy(segments.frames), training=training, generator=generator, return_tensors="pt")["pixel_values"]
-            pixel_mask = mask
+            visual_segment_mask = mask
         if segments.waveform is None:
             if require_audio:
                 raise MediaDecodeError(f"{name}: no audio stream, and require_audio=True.")
             extractor = self.feature_extractor
             audio = torch.zeros(count, 1, extractor.num_mel_bins, extractor.audio_frames)
-            audio_mask = torch.zeros(count, dtype=torch.long)
+            audio_segment_mask = torch.zeros(count, dtype=torch.long)
         else:
             audio = self.feature_extractor(segments.waveform, training=training, generator=generator, return_tensors="pt")["audio_values"]
-            audio_mask = mask
+            audio_segment_mask = mask
         # Padding segments are zeros whatever the decoder gave for them.
         pixels[~real] = 0
         audio[~real] = 0
-        return {"pixel_values": pixels, "audio_values": audio, "pixel_mask": pixel_mask, "audio_mask": audio_mask}
+        return {"pixel_values": pixels, "audio_values": audio, "visual_segment_mask": visual_segment_mask, "audio_segment_mask": audio_segment_mask}
 
     def __call__(
         self,
@@ -209,7 +209,7 @@ class PemtProcessor(ProcessorMixin):
 
         Returns:
             [`BatchFeature`] with `pixel_values` `[B * k, T, 3, F, crop, crop]`, `audio_values`
-            `[B * k, T, 1, num_mel_bins, audio_frames]`, and `pixel_mask`, `audio_mask` `[B * k, T]` (1: real).
+            `[B * k, T, 1, num_mel_bins, audio_frames]`, and `visual_segment_mask`, `audio_segment_mask` `[B * k, T]` (1: real).
 
         Raises:
             [`MediaDecodeError`]: a clip cannot be read, or lacks a required modality; the message names it.
@@ -229,4 +229,4 @@ class PemtProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["pixel_values", "audio_values", "pixel_mask", "audio_mask"]
+        return ["pixel_values", "audio_values", "visual_segment_mask", "audio_segment_mask"]
