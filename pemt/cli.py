@@ -1,26 +1,47 @@
-"""The `pemt` command: `pemt {make-demo-data,pretrain,finetune,evaluate,classify,push,demo} ...`."""
+"""The `pemt` command: `pemt [--debug] {make-demo-data,pretrain,finetune,evaluate,classify,push,demo} ...`.
+
+Errors are one line on stderr naming the problem and, where there is one, the fix; no traceback unless `--debug`
+is given (anywhere on the command line) or `PEMT_DEBUG=1`. Exit status: 0 done, 1 a runtime error, 2 a usage error
+(bad option values, conflicting options, an output folder owned by another run).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-SUBCOMMANDS = {
-    "make-demo-data": "Write the small labelled audio-visual demo data set (videofolder layout).",
-    "pretrain": "Self-supervised pretraining (MEP + CPP) on unlabeled video.",
-    "finetune": "Fine-tune a classifier (audio-visual, visual or audio; linear probe optional).",
-    "evaluate": "Top-1/top-5 accuracy or mAP of a fine-tuned classifier, with a confusion matrix.",
-    "classify": "Classify video files with the audio-visual-classification pipeline.",
-    "push": "Upload a fine-tuned model directory to the Hub (weights, code, processor, pipeline, card).",
-    "demo": "Make the demo data, pretrain, fine-tune, evaluate and classify: the whole path in minutes on a CPU.",
+from .errors import PemtUsageError, one_line, usage_exit
+
+# One line per subcommand: name -> ("module:function" taking the remaining arguments, what it does). The module is
+# imported only when its command runs, so `pemt --help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-demo-data": ("pemt.data.demo:main", "Write the small labelled audio-visual demo data set (videofolder layout)."),
+    "pretrain": ("pemt.training.pretrain:main", "Self-supervised pretraining (MEP + CPP) on unlabeled video."),
+    "finetune": ("pemt.training.finetune:main", "Fine-tune a classifier (audio-visual, visual or audio; linear probe optional)."),
+    "evaluate": ("pemt.training.evaluate:main", "Top-1/top-5 accuracy or mAP of a fine-tuned classifier, with a confusion matrix."),
+    "classify": ("pemt.cli:classify", "Classify video files with the audio-visual-classification pipeline."),
+    "push": ("pemt.cli:push", "Upload a fine-tuned model directory to the Hub (weights, code, processor, pipeline, card)."),
+    "demo": ("pemt.cli:demo", "Make the demo data, pretrain, fine-tune, evaluate and classify: the whole path in minutes on a CPU."),
 }
+SUBCOMMANDS = {name: text for name, (_, text) in COMMANDS.items()}  # name -> description, for parsers' help
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with pemt's one-line usage errors."""
+
+    def error(self, message: str):
+        usage_exit(self.prog, message)
 
 
 def classify(argv: list[str]) -> list:
-    parser = argparse.ArgumentParser(prog="pemt classify", description=SUBCOMMANDS["classify"])
+    parser = ArgumentParser(prog="pemt classify", description=SUBCOMMANDS["classify"])
     parser.add_argument("videos", nargs="+", help="Video files.")
     parser.add_argument("--model", required=True, help="A fine-tuned model directory or Hub id.")
     parser.add_argument("--top_k", type=int, default=5)
@@ -40,7 +61,7 @@ def classify(argv: list[str]) -> list:
 
 
 def push(argv: list[str]) -> str:
-    parser = argparse.ArgumentParser(prog="pemt push", description=SUBCOMMANDS["push"])
+    parser = ArgumentParser(prog="pemt push", description=SUBCOMMANDS["push"])
     parser.add_argument("model_dir")
     parser.add_argument("repo_id")
     parser.add_argument("--private", action="store_true")
@@ -54,7 +75,7 @@ def push(argv: list[str]) -> str:
 
 def demo(argv: list[str]) -> dict:
     """Runs the whole path on the demo data and prints where each result is."""
-    parser = argparse.ArgumentParser(prog="pemt demo", description=SUBCOMMANDS["demo"])
+    parser = ArgumentParser(prog="pemt demo", description=SUBCOMMANDS["demo"])
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--pretraining_steps", type=int, default=DEMO_PRETRAINING_STEPS)
     parser.add_argument("--finetuning_steps", type=int, default=DEMO_FINETUNING_STEPS)
@@ -75,7 +96,9 @@ def demo(argv: list[str]) -> dict:
 
     make_demo_data(data, seed=args.seed, workers=2)
     stage("demo data")
-    common = ["--train_dir", str(data), "--cache_dir", str(cache), "--seed", str(args.seed), "--model_config", "small"]
+    # A demo run replaces the previous one in the same folder.
+    common = ["--train_dir", str(data), "--cache_dir", str(cache), "--seed", str(args.seed), "--model_config", "small",
+              "--overwrite_output_dir"]
     pretraining = pretrain.main(
         ["--output_dir", str(pretrained), "--max_steps", str(args.pretraining_steps), *DEMO_PRETRAINING_ARGS, *common]
     )
@@ -122,25 +145,54 @@ DEMO_PRETRAINING_ARGS = ["--per_device_train_batch_size", "32", "--checkpointing
 DEMO_FINETUNING_ARGS = ["--per_device_train_batch_size", "8", "--checkpointing_steps", "30", "--logging_steps", "10"]
 
 
+def resolve(command: str) -> Callable[[list[str]], object]:
+    """The function that runs `command`, imported from its module."""
+    module, function = COMMANDS[command][0].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run(command: str, argv: list[str], debug: bool = False) -> int:
+    """Runs one subcommand and turns its errors into one line on stderr and an exit status."""
+    prog = f"pemt {command}"
+    try:
+        resolve(command)(argv)
+    except SystemExit as done:  # argparse (--help, usage errors already printed) or a command's own exit
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    except Exception as error:  # noqa: BLE001 - every error becomes one line; --debug shows where it came from
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (run with --debug for the traceback)"
+        sys.stderr.write(f"{prog}: error: {one_line(error)}{hint if not isinstance(error, PemtUsageError) else ''}\n")
+        return 2 if isinstance(error, PemtUsageError) else 1
+    return 0
+
+
+def print_usage() -> None:
+    print("usage: pemt [--debug] {" + ",".join(COMMANDS) + "} ...\n")
+    for name, text in SUBCOMMANDS.items():
+        print(f"  {name:15s} {text}")
+    print("\n  --debug         show the traceback of an error")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        print("usage: pemt {" + ",".join(SUBCOMMANDS) + "} ...\n")
-        for name, text in SUBCOMMANDS.items():
-            print(f"  {name:15s} {text}")
-        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    command, rest = argv[0], argv[1:]
-    if command == "make-demo-data":
-        from .data.demo import main as run
-    elif command == "pretrain":
-        from .training.pretrain import main as run
-    elif command == "finetune":
-        from .training.finetune import main as run
-    elif command == "evaluate":
-        from .training.evaluate import main as run
-    else:
-        run = {"classify": classify, "push": push, "demo": demo}[command]
-    run(rest)
+    debug = "--debug" in argv or os.environ.get("PEMT_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print_usage()
+        raise SystemExit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        usage_exit("pemt", f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+    raise SystemExit(run(argv[0], argv[1:], debug))
+
+
+def module_main(command: str) -> None:
+    """Entry point of `python -m pemt.training.<command>` (what `accelerate launch -m` runs): the same error
+    handling as `pemt <command>`."""
+    main([command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

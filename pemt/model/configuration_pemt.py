@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -254,84 +259,72 @@ class PemtConfig(PreTrainedConfig):
             raise ValueError(f"cnn_chunk_size ({self.cnn_chunk_size}) must be 0 (no chunking) or a positive count.")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "PemtConfig":
-        """Builds a named preset (`"paper"`, `"small"`, `"tiny"`), with any field overridden by keyword."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)} or pass a config path.")
-        return cls(**{**PRESETS[name], **overrides})
+    def from_preset(cls, name_or_path: str | os.PathLike, **overrides) -> "PemtConfig":
+        """
+        Builds a preset: a name (`"paper"`, `"small"`, `"tiny"`, read from `presets/<name>.json` beside this file) or
+        the path of a preset file of the same form (copy one and edit its `"config"`), with any field overridden by
+        keyword.
+        """
+        return cls(**{**read_preset(name_or_path), **overrides})
+
+
+def read_preset(name_or_path: str | os.PathLike) -> dict:
+    """The `"config"` fields of a preset file (overrides of the paper's defaults), by preset name or file path."""
+    if str(name_or_path) in PRESET_NAMES:
+        path = PRESETS_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            # Remote code (a model's code copied to the Hub) carries this module but not the preset files.
+            raise FileNotFoundError(
+                f"Preset {name_or_path!r} is read from {path}, which does not exist: preset files ship with the pemt "
+                "package, not with a model's remote code. Install pemt, or load a saved config with "
+                "PemtConfig.from_pretrained(...)."
+            )
+    else:
+        path = Path(name_or_path)
+        if path.suffix != ".json" or not path.is_file():
+            raise ValueError(
+                f"Unknown preset {str(name_or_path)!r}; choose one of {', '.join(PRESET_NAMES)} or give the path of a "
+                "preset JSON file."
+            )
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Preset file {path} is not valid JSON: {err}.") from None
+    if not isinstance(content, dict) or not isinstance(content.get("config"), dict):
+        raise ValueError(
+            f"Preset file {path} has no \"config\" object; a preset holds {{\"description\", \"notes\", \"config\"}} "
+            f"(see {PRESETS_DIR / 'tiny.json'})."
+        )
+    unknown = sorted(set(content["config"]) - set(PemtConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"Preset file {path} sets unknown config fields: {', '.join(unknown)}.")
+    return content["config"]
+
+
+class _Presets(Mapping):
+    """The shipped presets by name, each read from its file when first asked for."""
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in PRESET_NAMES:
+            raise KeyError(name)
+        return read_preset(name)
+
+    def __iter__(self):
+        return iter(PRESET_NAMES)
+
+    def __len__(self) -> int:
+        return len(PRESET_NAMES)
 
 
 NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform")
 CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
 
-# Presets are data: each is a set of overrides of the paper's defaults. "tiny" exists for unit tests (every
-# forward well under a second on a CPU core); "small" is what the CPU demo pretrains in minutes.
-PRESETS: dict[str, dict] = {
-    # Training at paper size runs the CNNs five segments at a time with activation checkpointing: a 5 x 10 bf16
-    # fine-tuning step then peaks at 3.2 GiB instead of 11.8 GiB (benchmarks/bench_finetune_step.py).
-    "paper": {"cnn_chunk_size": 5, "cnn_checkpointing": True},
-    "small": {
-        "num_segments": 4,
-        "frames_per_segment": 8,
-        "frame_stride": 4,
-        "video_fps": 30.0,
-        "train_short_side_range": (40, 48),
-        "train_crop_size": 32,
-        "eval_short_side": 40,
-        "eval_crop_size": 32,
-        "audio_sampling_rate": 16000,
-        "num_mel_bins": 40,
-        "n_fft": 512,
-        "hop_length": 256,
-        "audio_frames": 64,
-        "visual_cnn_width": 8,
-        "visual_cnn_depths": (1, 1, 1, 1),
-        "visual_stem_temporal_kernel": 3,
-        "audio_cnn_width": 8,
-        "audio_cnn_depths": (1, 1, 1, 1),
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 128,
-        "low_rank_dim": 16,
-        "max_position_embeddings": 16,
-        "mep_num_negatives": 8,
-        # Demo runs are a few hundred steps, far from overfitting; dropout there only adds noise to the few steps.
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-    },
-    "tiny": {
-        "num_segments": 3,
-        "frames_per_segment": 4,
-        "frame_stride": 2,
-        "video_fps": 10.0,
-        "train_short_side_range": (20, 24),
-        "train_crop_size": 16,
-        "eval_short_side": 20,
-        "eval_crop_size": 16,
-        "audio_sampling_rate": 8000,
-        "num_mel_bins": 16,
-        # A segment spans 4 x 2 / 10 fps = 0.8 s = 6400 samples: 16 hops of 400 cover it (a hop of 128 kept only
-        # its first 0.26 s); the window is a little longer than the hop so that no sample falls between windows.
-        "n_fft": 512,
-        "hop_length": 400,
-        "audio_frames": 16,
-        "visual_cnn_width": 4,
-        "visual_cnn_depths": (1, 1, 1, 1),
-        "visual_stem_temporal_kernel": 3,
-        "audio_cnn_width": 4,
-        "audio_cnn_depths": (1, 1, 1, 1),
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 37,
-        "low_rank_dim": 8,
-        "max_position_embeddings": 8,
-        "mep_num_negatives": 4,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-    },
-}
+# Presets are data files a user can copy: each holds overrides of the paper's defaults, with the reasons in "notes".
+# "tiny" exists for unit tests (every forward well under a second on a CPU core); "small" is what the CPU demo
+# pretrains in minutes; "paper" adds only the memory settings for training at full size.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_NAMES = ("paper", "small", "tiny")
+PRESETS: Mapping[str, dict] = _Presets()
 
 
 __all__ = ["PemtConfig", "PRESETS"]

@@ -6,7 +6,6 @@ averaged over the views (softmax for single-label, sigmoid for multi-label model
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,9 @@ import torch
 from ..model.media_pemt import MediaDecodeError
 from ..model.modeling_pemt import PemtForAudioVisualClassification
 from ..model.processing_pemt import PemtProcessor
+from ..errors import PemtUsageError
+from .arguments import EvaluationArguments, parse_arguments
+from .data_setup import DataArguments
 from .metrics import confusion_matrix, mean_average_precision, plot_confusion_matrix, top_k_accuracy
 
 logger = logging.getLogger(__name__)
@@ -93,35 +95,33 @@ def evaluate_model(
     return results
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pemt evaluate", description="Evaluate a fine-tuned PEMT classifier.")
-    parser.add_argument("--model", required=True, help="A fine-tuned model directory (with its processor).")
-    parser.add_argument("--eval_dir", help="A videofolder of evaluation clips (its test split if it has splits).")
-    parser.add_argument("--eval_file", help="A CSV or JSONL file of evaluation clips.")
-    parser.add_argument("--num_temporal_views", type=int, default=1, help="Views per clip whose scores are averaged.")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--output_dir", help="Where results go (default: the model directory).")
-    return parser
-
-
-def load_evaluation_set(eval_dir: str | None, eval_file: str | None) -> datasets.Dataset:
+def load_evaluation_set(data_args: DataArguments) -> datasets.Dataset:
+    """The clips `--eval_dir`, `--eval_file` or `--dataset_name` (its evaluation split) name."""
     from ..data.loading import load_video_folder, load_video_list
+    from .data_setup import load_hub_splits
 
-    if eval_dir:
-        loaded = load_video_folder(eval_dir)
+    if data_args.eval_dir:
+        loaded = load_video_folder(data_args.eval_dir)
         if isinstance(loaded, datasets.DatasetDict):
             return next(loaded[s] for s in ("test", "validation", "valid", "val", "dev", "train") if s in loaded)
         return loaded
-    if eval_file:
-        return load_video_list(eval_file)
-    raise ValueError("Give the evaluation clips with --eval_dir or --eval_file.")
+    if data_args.eval_file:
+        return load_video_list(data_args.eval_file)
+    if data_args.dataset_name:
+        train, evaluation = load_hub_splits(data_args)
+        if evaluation is None:
+            raise PemtUsageError(f"--dataset_name {data_args.dataset_name} has no evaluation split; name one with --eval_split.")
+        return evaluation
+    raise PemtUsageError("Give the evaluation clips with --eval_dir, --eval_file or --dataset_name.")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args, data_args = parse_arguments(
+        "pemt evaluate", "Evaluate a fine-tuned PEMT classifier.", (EvaluationArguments, DataArguments), argv
+    )
+    dataset = load_evaluation_set(data_args)
     model = PemtForAudioVisualClassification.from_pretrained(args.model)
     processor = PemtProcessor.from_pretrained(args.model)
-    dataset = load_evaluation_set(args.eval_dir, args.eval_file)
     results = evaluate_model(model, processor, dataset, args.output_dir or args.model, args.num_temporal_views, args.batch_size)
     shown = {k: v for k, v in results.items() if k not in ("confusion_matrix", "skipped")}
     print(json.dumps(shown, indent=2))
@@ -129,4 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import module_main
+
+    module_main("evaluate")

@@ -1,17 +1,22 @@
 """The training loop shared by pretraining and fine-tuning: a thin layer over Accelerate.
 
-It owns what both need: the optimiser and schedule, gradient accumulation and clipping, mixed precision, logging to
-TensorBoard and a JSONL history, a progress bar, and checkpoints that resume a killed run exactly (model,
-optimiser, scheduler, RNG states and the position in the data).
+Accelerate does the parts it has: mixed precision, gradient accumulation, data-parallel processes, trackers,
+checkpoint folders with their naming and rotation (`ProjectConfiguration(automatic_checkpoint_naming=True,
+total_limit=...)`), and saving the training progress with the model, optimiser, scheduler, RNG states and data
+order (`register_for_checkpointing`); `transformers.get_scheduler` gives the learning-rate schedule. What is left
+here: the step loop with its checks (a NaN or infinite loss stops the run before anything is saved), exact resumption
+from the position in the data, the JSONL history, and the rules of [`run_folder`] (a run owns its output folder; a
+truncated checkpoint is skipped).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -20,113 +25,120 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_scheduler
 
-from ..model.configuration_pemt import PRESETS, PemtConfig
+from ..errors import NonFiniteLossError
+from .arguments import PemtTrainingArguments
+from .run_folder import (
+    CHECKPOINT_MARKER,
+    HISTORY_FILE,
+    check_checkpoint_belongs,
+    checkpoint_step,
+    claim_output_dir,
+    clear_run,
+    complete_checkpoints,
+    incomplete_entries,
+    resume_candidates,
+    write_run_file,
+)
 
-CHECKPOINTS_DIR = "checkpoints"
-STATE_FILE = "training_state.json"
-HISTORY_FILE = "history.jsonl"
+logger = logging.getLogger(__name__)
 
-
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options in the style of the `transformers` examples, shared by `pemt pretrain` and `pemt finetune`."""
-    group = parser.add_argument_group("training")
-    group.add_argument("--output_dir", required=True, help="Where checkpoints, logs, plots and the final model go.")
-    group.add_argument("--model_config", default="small", help=f"A preset ({', '.join(PRESETS)}) or a config path.")
-    group.add_argument(
-        "--config_overrides", default="", help='Config fields to override, e.g. "num_segments=4,cnn_checkpointing=true".'
-    )
-    group.add_argument("--max_steps", type=int, default=200, help="Optimiser steps to train for.")
-    group.add_argument("--per_device_train_batch_size", type=int, default=8)
-    group.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--learning_rate", type=float, default=1e-3)
-    group.add_argument("--weight_decay", type=float, default=0.01)
-    group.add_argument("--warmup_steps", type=int, default=None, help="Default: 10%% of max_steps.")
-    group.add_argument("--max_grad_norm", type=float, default=1.0)
-    group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--checkpointing_steps", type=int, default=50, help="Save a resumable checkpoint every N steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the newest N checkpoints.")
-    group.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help='A checkpoint directory, or "latest" for the newest in output_dir (nothing to resume: start afresh).',
-    )
-    group.add_argument("--logging_steps", type=int, default=5)
-    group.add_argument("--eval_steps", type=int, default=0, help="Evaluate every N steps (0: only at the end).")
-    group.add_argument("--dataloader_num_workers", type=int, default=0)
-    group.add_argument("--no_progress_bar", action="store_true")
-
-
-def load_model_config(name_or_path: str, **overrides) -> PemtConfig:
-    """A preset name, a directory holding `config.json`, or a JSON file."""
-    if name_or_path in PRESETS:
-        return PemtConfig.from_preset(name_or_path, **overrides)
-    if Path(name_or_path).exists():
-        return PemtConfig.from_pretrained(name_or_path, **overrides)
-    raise ValueError(f"--model_config {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a config path.")
-
-
-def parse_overrides(text: str) -> dict:
-    """`"a=1,b=true,c=similar"` -> `{"a": 1, "b": True, "c": "similar"}` (values read as JSON where they parse)."""
-    overrides = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--config_overrides item {item!r} is not key=value.")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
+CPU_PROCESSES_HINT = (
+    "accelerate launch was asked for {requested} processes but started one: without --multi_gpu, Accelerate's "
+    "launcher runs a single process on a machine without GPUs (even with --cpu). To train with {requested} CPU "
+    "processes: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {requested} ..."
+)
 
 
 @dataclass
 class TrainingState:
-    """What is saved beside Accelerate's state: how far training got."""
+    """How far training got; saved in each checkpoint through `Accelerator.register_for_checkpointing`."""
 
     global_step: int = 0
     samples_seen: int = 0
 
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step, "samples_seen": self.samples_seen}
 
-def _checkpoint_dirs(output_dir: Path) -> list[Path]:
-    root = output_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_step, self.samples_seen = int(state["global_step"]), int(state["samples_seen"])
 
 
-def resolve_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint to resume from, if any. "latest" with no checkpoint yet starts afresh (a job restarted after a
-    kill before its first checkpoint)."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = _checkpoint_dirs(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE_FILE).exists():
-        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no {STATE_FILE} there; not a complete checkpoint.")
-    return path
-
-
-def build_accelerator(args: argparse.Namespace) -> Accelerator:
+def build_accelerator(args: PemtTrainingArguments) -> Accelerator:
     """The Accelerator of a run; build it first, so that data preparation can run on the main process first."""
     output_dir = Path(args.output_dir)
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        log_with=args.report_to_list() or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir),
+            logging_dir=str(output_dir / "logs"),
+            automatic_checkpoint_naming=True,
+            total_limit=args.checkpoints_total_limit,
+        ),
         # A sampler seeded per epoch makes the data order a function of (seed, epoch): resuming can skip to the
         # exact batch a killed run had reached.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    requested = launcher_requested_processes()
+    if requested and requested > accelerator.num_processes:
+        logger.warning(CPU_PROCESSES_HINT.format(requested=requested))
+        accelerator.print("WARNING: " + CPU_PROCESSES_HINT.format(requested=requested))
+    return accelerator
+
+
+def launcher_requested_processes(parent_command: list[str] | None = None) -> int | None:
+    """`--num_processes` of the `accelerate launch` command that started this process, if it did.
+
+    Accelerate's single-process launcher starts the script as its child and passes the count on to no one, so the
+    parent's command line is the only place it is written (read from /proc; None where there is none).
+    """
+    if parent_command is None:
+        try:
+            raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+        except OSError:
+            return None
+        parent_command = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    text = " ".join(parent_command)
+    if not re.search(r"accelerate(\.commands\.launch|\s+launch|-launch)", text):
+        return None
+    match = re.search(r"--num_processes[=\s]+(\d+)", text)
+    return int(match.group(1)) if match else None
+
+
+def prepare_output_dir(accelerator: Accelerator, args: PemtTrainingArguments, fingerprint: dict) -> None:
+    """Claims `args.output_dir` for this run (see [`run_folder.claim_output_dir`]) before any work is done."""
+    output_dir = Path(args.output_dir)
+    clear = claim_output_dir(output_dir, fingerprint, args.resume_from_checkpoint, args.overwrite_output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if clear:
+            accelerator.print(f"--overwrite_output_dir: clearing the previous run's checkpoints and logs in {output_dir}.")
+            clear_run(output_dir)
+        write_run_file(output_dir, fingerprint, finished=False)
+    accelerator.wait_for_everyone()
+
+
+def finish_output_dir(accelerator: Accelerator, args: PemtTrainingArguments, fingerprint: dict) -> None:
+    if accelerator.is_main_process:
+        write_run_file(Path(args.output_dir), fingerprint, finished=True)
+
+
+def shard_for_evaluation(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
+    """`loader` split across processes (each evaluates its share; `gather_for_metrics` joins the results and drops
+    the samples repeated to even out the last batch). Not registered with the Accelerator, so checkpoints hold only
+    the training loader's state whether or not a run evaluates."""
+    if accelerator.num_processes == 1:
+        return loader
+    return prepare_data_loader(
+        loader, accelerator.device, num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+        put_on_device=True, even_batches=True,
     )
 
 
@@ -140,16 +152,25 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-class Trainer:
+NON_FINITE_HINT = (
+    "With --mixed_precision bf16 on a CPU, oneDNN's bf16 3D-convolution backward gives NaN at small temporal sizes: "
+    "train with --mixed_precision no. Otherwise lower --learning_rate or raise --warmup_steps."
+)
+
+
+class TrainingLoop:
     r"""
-    Runs `max_steps` optimiser steps of `model` on `train_dataset`.
+    Runs the optimiser steps of a run of `model` on `train_dataset` (named so as not to shadow `transformers.Trainer`,
+    which it is not: the loop is Accelerate's, with pemt's resumption and checks).
 
     Args:
         accelerator (`accelerate.Accelerator`): from [`build_accelerator`].
         model (`torch.nn.Module`): returns an output with `loss`; `metric_names` name further scalar fields to log.
-        args (`argparse.Namespace`): the options of [`add_training_arguments`].
+        args ([`PemtTrainingArguments`]): the training options.
         train_dataset (`torch.utils.data.Dataset`): items that `collate_fn` stacks into model inputs.
         collate_fn (`Callable`): list of items -> batch dict.
+        fingerprint (`dict`): the run's settings (see [`run_folder.run_fingerprint`]), written into each checkpoint
+            and compared on resumption.
         metric_names (`Iterable[str]`): output fields averaged and logged beside the loss.
         prepare_batch (`Callable`, *optional*): what `collate_fn` gave -> model inputs, run in the training process
             right before the forward pass. Random augmentation belongs here rather than in `collate_fn`: the data loader
@@ -164,9 +185,10 @@ class Trainer:
         self,
         accelerator: Accelerator,
         model: torch.nn.Module,
-        args: argparse.Namespace,
+        args: PemtTrainingArguments,
         train_dataset: Dataset,
         collate_fn: Callable,
+        fingerprint: dict,
         metric_names: Iterable[str] = (),
         prepare_batch: Callable[[dict], dict] | None = None,
         parameter_groups: list[dict] | None = None,
@@ -175,12 +197,14 @@ class Trainer:
     ):
         self.args = args
         self.output_dir = Path(args.output_dir)
+        self.fingerprint = fingerprint
         self.metric_names = tuple(metric_names)
         self.prepare_batch = prepare_batch or (lambda batch: batch)
         self.evaluate = evaluate
         self.accelerator = accelerator
+        self.model_config = model.config.to_dict() if hasattr(model, "config") else {}
         set_seed(args.seed)
-        self.dataloader = DataLoader(
+        dataloader = DataLoader(
             train_dataset,
             batch_size=args.per_device_train_batch_size,
             shuffle=True,
@@ -192,55 +216,82 @@ class Trainer:
             # killed run had drawn it before the checkpoint, so every later mask, swap and crop would differ.
             generator=torch.Generator().manual_seed(args.seed),
         )
-        if len(self.dataloader) == 0:
+        if len(dataloader) == 0:
             raise ValueError(
                 f"The training set ({len(train_dataset)} clips) gives no full batch of "
                 f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
             )
         groups = parameter_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+        self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
+        self.max_steps = args.total_steps(len(self.dataloader))
         # Post-LN Transformers diverge or stall without a warm-up at these learning rates; 10% is BERT's convention.
-        warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.1 * args.max_steps)
-        # The scheduler is stepped once per process per optimiser step by Accelerate's wrapper, which multiplies
-        # by the process count; the totals given here are therefore per optimiser step times processes.
-        processes = self.accelerator.num_processes
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup * processes, args.max_steps * processes)
-        self.model, self.optimizer, self.dataloader, self.scheduler = self.accelerator.prepare(
-            model, optimizer, self.dataloader, scheduler
+        warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.1 * self.max_steps)
+        # Accelerate's scheduler wrapper steps the schedule once per process at each optimiser step; the totals
+        # given here are therefore optimiser steps times processes.
+        processes = accelerator.num_processes
+        scheduler = get_scheduler(
+            args.lr_scheduler_type, self.optimizer.optimizer, num_warmup_steps=warmup * processes,
+            num_training_steps=self.max_steps * processes,
         )
+        self.scheduler = accelerator.prepare(scheduler)
         self.state = TrainingState()
+        accelerator.register_for_checkpointing(self.state)
         self.last_eval_metrics: dict[str, float] | None = None
+        self.last_checkpoint: Path | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Writes `checkpoints/step_N` atomically: a run killed while saving leaves the previous checkpoint intact."""
-        root = self.output_dir / CHECKPOINTS_DIR
-        final = root / f"step_{self.state.global_step}"
-        partial = root / f"step_{self.state.global_step}.partial"
-        if self.accelerator.is_main_process:
-            if partial.exists():
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(partial))
-        # Every process writes its own RNG state into `partial`; renaming it before all have finished would lose
-        # their files (or make their writes fail).
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            (partial / STATE_FILE).write_text(json.dumps(self.state.__dict__))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
-            for old in _checkpoint_dirs(self.output_dir)[: -self.args.checkpoints_total_limit]:
-                shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
-        return final
+        """Saves `checkpoints/checkpoint_<step>` through Accelerate (which also deletes the oldest beyond
+        `--checkpoints_total_limit`), then marks it complete once every process has written its part."""
+        accelerator = self.accelerator
+        # Accelerate names the folder after its save counter; the step makes the name say where the run was.
+        accelerator.project_configuration.iteration = self.state.global_step
+        location = Path(accelerator.save_state())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            marker = {
+                **self.state.state_dict(), "fingerprint": self.fingerprint, "model_config": self.model_config,
+            }
+            (location / CHECKPOINT_MARKER).write_text(json.dumps(marker, indent=2, default=str) + "\n")
+        accelerator.wait_for_everyone()
+        self.last_checkpoint = location
+        return location
 
-    def load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
-        self.state = TrainingState(**json.loads((path / STATE_FILE).read_text()))
-        self.accelerator.print(f"Resumed from {path} at step {self.state.global_step}.")
+    def resume(self) -> Path | None:
+        """Loads the checkpoint `--resume_from_checkpoint` names; for "latest", the newest complete one, falling
+        back to older ones when it cannot be read. Returns the checkpoint loaded, or None (start afresh)."""
+        loaded = None
+        for path in resume_candidates(self.output_dir, self.args.resume_from_checkpoint):
+            check_checkpoint_belongs(path, self.fingerprint, self.model_config)
+            try:
+                self.accelerator.load_state(str(path))
+            except Exception as err:  # noqa: BLE001 - any unreadable file; the next checkpoint overwrites all state
+                if self.args.resume_from_checkpoint != "latest":
+                    raise RuntimeError(f"Checkpoint {path} cannot be loaded: {err}") from err
+                self.accelerator.print(f"WARNING: checkpoint {path} cannot be loaded ({err}); trying the previous one.")
+                continue
+            loaded = path
+            break
+        else:
+            if self.args.resume_from_checkpoint == "latest" and complete_checkpoints(self.output_dir):
+                raise RuntimeError(f"No checkpoint in {self.output_dir / 'checkpoints'} could be loaded; see the warnings.")
+        if loaded is None:
+            self.state.load_state_dict({"global_step": 0, "samples_seen": 0})
+        else:
+            self.accelerator.print(f"Resumed from {loaded} at step {self.state.global_step}.")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            # Cut-short saves, and checkpoints past the resumed step (the run is redone from there), would collide
+            # with the names this run writes next.
+            stale = incomplete_entries(self.output_dir) + [
+                p for p in complete_checkpoints(self.output_dir) if checkpoint_step(p) > self.state.global_step
+            ]
+            for path in stale:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.accelerator.wait_for_everyone()
+        return loaded
 
     # -- logging -----------------------------------------------------------------------------------------------
 
@@ -250,38 +301,59 @@ class Trainer:
             with open(self.output_dir / HISTORY_FILE, "a") as f:
                 f.write(json.dumps({"step": self.state.global_step, **metrics}) + "\n")
 
-    def _truncate_history(self) -> None:
-        """Drops history lines past the resumed step: a killed run may have logged steps that are now redone."""
+    def _reset_history(self) -> None:
+        """Keeps only history lines up to the resumed step: a killed run may have logged steps that are now redone."""
         path = self.output_dir / HISTORY_FILE
         if not self.accelerator.is_main_process or not path.exists():
             return
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.state.global_step]
         path.write_text("".join(line + "\n" for line in kept))
 
+    # -- checks ------------------------------------------------------------------------------------------------
+
+    def _stop_if_not_finite(self, loss: torch.Tensor | None, grad_norm: torch.Tensor | None = None) -> None:
+        """Raises [`NonFiniteLossError`] on every process when any process's loss (or the gradient norm) is NaN or
+        infinite; all processes must agree, or the others would wait forever at the next collective."""
+        value = loss if loss is not None else grad_norm
+        bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            return
+        what = "loss" if loss is not None else "gradient norm"
+        saved = f"the last checkpoint ({self.last_checkpoint}) is intact" if self.last_checkpoint else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"Training stopped at step {self.state.global_step + 1}: the {what} is {value.item()} "
+            f"(on {int(bad.item())} of {self.accelerator.num_processes} processes). Nothing from this step on was "
+            f"saved; {saved}. {NON_FINITE_HINT}"
+        )
+
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def train(self) -> TrainingState:
         args, accelerator = self.args, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = resolve_checkpoint(self.output_dir, args.resume_from_checkpoint)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        elif accelerator.is_main_process and (self.output_dir / HISTORY_FILE).exists():
+        loaded = self.resume()
+        if loaded is None and accelerator.is_main_process and (self.output_dir / HISTORY_FILE).exists():
             (self.output_dir / HISTORY_FILE).unlink()
-        self._truncate_history()
-        accelerator.init_trackers("pemt", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        self._reset_history()
+        if args.report_to_list():
+            scalars = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers("pemt", config=scalars)
 
         steps_per_epoch = math.ceil(len(self.dataloader) / args.gradient_accumulation_steps)
         progress = tqdm(
-            total=args.max_steps,
+            total=self.max_steps,
             initial=self.state.global_step,
             disable=args.no_progress_bar or not accelerator.is_local_main_process,
             desc="training",
         )
+        # fp16's gradient scaler expects occasional infinite gradients and skips those steps itself.
+        check_gradients = accelerator.mixed_precision != "fp16"
         sums: dict[str, float] = {}
         count, window_start, window_samples = 0, time.perf_counter(), 0
         epoch = self.state.global_step // steps_per_epoch
-        while self.state.global_step < args.max_steps:
+        while self.state.global_step < self.max_steps:
             self.dataloader.set_epoch(epoch)
             batches = self.dataloader
             skip = (self.state.global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps
@@ -292,9 +364,13 @@ class Trainer:
                 batch = self.prepare_batch(batch)
                 with accelerator.accumulate(self.model):
                     output = self.model(**batch)
+                    self._stop_if_not_finite(output.loss)
                     accelerator.backward(output.loss)
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    if accelerator.sync_gradients:
+                        # max_norm=inf measures the norm without clipping (the scale factor is clamped to 1).
+                        norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+                        if check_gradients and norm is not None:
+                            self._stop_if_not_finite(None, norm)
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad()
@@ -308,7 +384,7 @@ class Trainer:
                 self.state.global_step += 1
                 self.state.samples_seen += clips * args.gradient_accumulation_steps
                 progress.update(1)
-                if self.state.global_step % args.logging_steps == 0 or self.state.global_step == args.max_steps:
+                if self.state.global_step % args.logging_steps == 0 or self.state.global_step == self.max_steps:
                     elapsed = time.perf_counter() - window_start
                     metrics = {f"train/{k}": v / count for k, v in sums.items()}
                     metrics["train/clips_per_second"] = window_samples / max(elapsed, 1e-9)
@@ -320,7 +396,7 @@ class Trainer:
                     self._run_evaluation()
                 if self.state.global_step % args.checkpointing_steps == 0:
                     self.save_checkpoint()
-                if self.state.global_step >= args.max_steps:
+                if self.state.global_step >= self.max_steps:
                     break
             epoch += 1
         progress.close()

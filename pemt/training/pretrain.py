@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,32 +11,31 @@ from accelerate.utils import set_seed
 
 from ..model.modeling_pemt import PemtForPreTraining
 from ..model.processing_pemt import PemtProcessor
-from .data_setup import add_data_arguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
-from .loop import HISTORY_FILE, Trainer, add_training_arguments, build_accelerator, load_model_config, parse_overrides
+from .arguments import ModelArguments, PemtTrainingArguments, load_model_config, parse_arguments
+from .data_setup import DataArguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
+from .loop import TrainingLoop, build_accelerator, finish_output_dir, prepare_output_dir
 from .plots import plot_history
+from .run_folder import HISTORY_FILE, run_fingerprint
 
 PRETRAINING_METRICS = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "cpp_loss", "mep_accuracy", "cpp_accuracy")
+DESCRIPTION = "Pretrain PEMT end to end on unlabeled video with masked embedding prediction and correct pair prediction."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pemt pretrain",
-        description="Pretrain PEMT end to end on unlabeled video with masked embedding prediction and correct pair prediction.",
-    )
-    add_training_arguments(parser)
-    add_data_arguments(parser)
+def parse_pretraining_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, PemtTrainingArguments]:
     # From scratch, the CNNs and Transformers need the larger step: at 1e-3 correct pair prediction on the demo data
     # had not left chance after 300 steps.
-    parser.set_defaults(learning_rate=2e-3)
-    return parser
+    return parse_arguments(
+        "pemt pretrain", DESCRIPTION, (ModelArguments, DataArguments, PemtTrainingArguments), argv, learning_rate=2e-3
+    )
 
 
 @torch.no_grad()
 def evaluate_pretraining(model: PemtForPreTraining, accelerator: Accelerator, loader) -> dict[str, float]:
-    """Mean loss and accuracies on held-out clips (masks and swaps drawn afresh; the caller fixes the seed)."""
+    """Mean loss and accuracies over held-out batches (masks and swaps drawn afresh; the caller fixes the seed). Each
+    process evaluates its share of the batches; the sums are added across processes."""
     model.eval()
-    totals: dict[str, float] = {}
-    batches = 0
+    names = ("loss", *PRETRAINING_METRICS)
+    totals = torch.zeros(len(names) + 1, dtype=torch.float64, device=accelerator.device)
     for batch in loader:
         if batch["pixel_values"].shape[0] < 2:
             continue  # swaps and negatives need another clip
@@ -45,22 +43,29 @@ def evaluate_pretraining(model: PemtForPreTraining, accelerator: Accelerator, lo
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             output = model(**batch)
-        for name in ("loss", *PRETRAINING_METRICS):
-            totals[name] = totals.get(name, 0.0) + float(output[name])
-        batches += 1
-    if batches == 0:
+        totals += torch.tensor([float(output[name]) for name in names] + [1.0], dtype=torch.float64, device=totals.device)
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    if totals[-1] == 0:
         raise ValueError("The evaluation set has no batch of two or more clips; pretraining evaluation needs pairs.")
-    return {k: v / batches for k, v in totals.items()}
+    return {name: float(total / totals[-1]) for name, total in zip(names, totals[:-1])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
-    args = build_parser().parse_args(argv)
+    model_args, data_args, args = parse_pretraining_arguments(argv)
     accelerator = build_accelerator(args)
+    fingerprint = run_fingerprint(model_args, data_args, args)
+    prepare_output_dir(accelerator, args, fingerprint)
     set_seed(args.seed)
-    config = load_model_config(args.model_config, **parse_overrides(args.config_overrides))
-    processor = PemtProcessor.from_model_config(config)
-    train, evaluation, _, _ = preprocess_splits(args, processor, accelerator)
-    model = PemtForPreTraining(config)
+    if model_args.model_name_or_path:  # continue pretraining a saved model
+        model = PemtForPreTraining.from_pretrained(model_args.model_name_or_path)
+        processor = PemtProcessor.from_pretrained(model_args.model_name_or_path)
+    else:
+        config = load_model_config(model_args)
+        processor = PemtProcessor.from_model_config(config)
+    train, evaluation, _, _ = preprocess_splits(data_args, args.output_dir, processor, accelerator)
+    if not model_args.model_name_or_path:
+        model = PemtForPreTraining(config)
 
     def without_labels(rows):
         batch = training_batch(processor)(rows)
@@ -68,24 +73,32 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
         return batch
 
     evaluate = evaluation_callback(evaluation, processor, args.per_device_eval_batch_size, evaluate_pretraining)
-    trainer = Trainer(
-        accelerator, model, args, train, collate_fn=keep_rows, metric_names=PRETRAINING_METRICS,
-        prepare_batch=without_labels, evaluate=evaluate,
+    loop = TrainingLoop(
+        accelerator, model, args, train, collate_fn=keep_rows, fingerprint=fingerprint,
+        metric_names=PRETRAINING_METRICS, prepare_batch=without_labels, evaluate=evaluate,
     )
-    trainer.train()
-    final_metrics = trainer.last_eval_metrics
+    loop.train()
+    final_metrics = loop.last_eval_metrics
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        trainer.unwrapped_model().save_pretrained(output_dir)
+        final = loop.unwrapped_model()
+        final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         plot = plot_history(output_dir / HISTORY_FILE, output_dir / "pretraining.png", "PEMT pretraining")
         if final_metrics is not None:
             (output_dir / "eval_results.json").write_text(json.dumps(final_metrics, indent=2) + "\n")
         accelerator.print(f"Pretrained model and processor: {output_dir}\nPlot: {plot}")
+        if args.push_to_hub:
+            final.push_to_hub(args.hub_model_id, private=args.hub_private_repo)
+            processor.push_to_hub(args.hub_model_id, private=args.hub_private_repo)
+            accelerator.print(f"Pushed to {args.hub_model_id}")
+    finish_output_dir(accelerator, args, fingerprint)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final_metrics
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import module_main
+
+    module_main("pretrain")
