@@ -113,7 +113,7 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, dem
     command = [sys.executable, "-m", "pemt.training.pretrain", *pretrain_args(resumed, demo_data, preprocessing_cache, *TINY_RUN, *steps)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list(resumed.glob("checkpoints/step_*/training_state.json")):
+    while not list(resumed.glob("checkpoints/checkpoint_*/pemt_checkpoint.json")):
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)

@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     model_args, data_args, args, task = parse_finetuning_arguments(argv)
     accelerator = build_accelerator(args)
     fingerprint = run_fingerprint(model_args, data_args, args, task)
-    prepare_output_dir(accelerator, args, fingerprint)
     set_seed(args.seed)
-    processor = load_processor(model_args)
+    processor = load_processor(model_args)  # a bad config fails here, before the output folder is touched
+    prepare_output_dir(accelerator, args, fingerprint)
     train, evaluation, raw_train, raw_eval = preprocess_splits(data_args, args.output_dir, processor, accelerator)
     model = build_model(model_args, task, label_names(raw_train))
     if task.linear_probe:

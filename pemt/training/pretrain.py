@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     model_args, data_args, args = parse_pretraining_arguments(argv)
     accelerator = build_accelerator(args)
     fingerprint = run_fingerprint(model_args, data_args, args)
-    prepare_output_dir(accelerator, args, fingerprint)
     set_seed(args.seed)
     if model_args.model_name_or_path:  # continue pretraining a saved model
         model = PemtForPreTraining.from_pretrained(model_args.model_name_or_path)
         processor = PemtProcessor.from_pretrained(model_args.model_name_or_path)
     else:
-        config = load_model_config(model_args)
+        config = load_model_config(model_args)  # a bad config fails here, before the output folder is touched
         processor = PemtProcessor.from_model_config(config)
+    prepare_output_dir(accelerator, args, fingerprint)
     train, evaluation, _, _ = preprocess_splits(data_args, args.output_dir, processor, accelerator)
     if not model_args.model_name_or_path:
         model = PemtForPreTraining(config)

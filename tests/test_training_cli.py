@@ -1,0 +1,192 @@
+"""The training commands as a user meets them: one-line errors with exit status 2 (usage) or 1 (runtime) and no
+traceback unless --debug, values refused before any work, bf16 on a CPU stopped before a NaN model is saved, a
+`datasets` data set by name, pushing at the end, trackers, and the Accelerate launcher that starts fewer processes
+than asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import pytest
+
+from pemt.cli import main as pemt_main
+from pemt.training.arguments import ModelArguments, load_model_config
+from pemt.training.data_setup import DataArguments, load_raw_splits
+
+from hub_server import hub_server  # noqa: F401  (a fixture)
+from test_finetuning import pretrained_tiny  # noqa: F401  (a fixture)
+
+
+def run_pemt(capsys, *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as done:
+        pemt_main(list(argv))
+    return done.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--max_steps", "0"], "--max_steps is 0; train for 1 step or more"),
+        (["--max_steps", "-5"], "--max_steps is -5"),
+        (["--checkpointing_steps", "0"], "--checkpointing_steps is 0; it must be 1 or more"),
+        (["--logging_steps", "0"], "--logging_steps is 0"),
+        (["--max_steps", "5", "--num_train_epochs", "2"], "give one of them"),
+        (["--lr_scheduler_type", "cosin"], "--lr_scheduler_type 'cosin' is unknown; choose one of linear, cosine"),
+        (["--report_to", "tensorbord"], "--report_to tensorbord is unknown"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--mixed_precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--max_stepz", "3"], "unrecognized arguments: --max_stepz 3"),
+        (["--model_config", "nano"], "--model_config 'nano' is neither a preset"),
+        (["--config_overrides", "hiden_size=8"], "hiden_size"),
+        (["--config_overrides", "hidden_size=30"], "hidden_size (30) must be divisible by num_attention_heads"),
+        (["--train_dir", "a", "--train_file", "b.csv"], "--train_dir and --train_file both name training clips"),
+    ],
+)
+def test_bad_values_are_one_line_usage_errors_before_any_work(capsys, tmp_path, argv, expected):
+    output_dir = tmp_path / "out"
+    code, err = run_pemt(capsys, "pretrain", "--output_dir", str(output_dir), "--model_config", "tiny", *argv)
+    assert code == 2, err
+    assert expected in err, err
+    assert err.count("\n") == 1 and err.startswith("pemt pretrain: error: ") and "Traceback" not in err
+    assert not output_dir.exists(), "a refused command must not touch the output folder"
+
+
+def test_a_runtime_error_is_one_line_with_status_1_and_debug_shows_the_traceback(tmp_path):
+    command = [sys.executable, "-m", "pemt.cli", "evaluate", "--model", str(tmp_path / "missing"), "--eval_dir", str(tmp_path)]
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 1
+    lines = plain.stderr.strip().splitlines()
+    assert lines[-1].startswith("pemt evaluate: error: ") and "--debug" in lines[-1], plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_a_finished_run_folder_is_refused_with_the_ways_out(capsys, tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": {}, "finished": True}))
+    (tmp_path / "model.safetensors").write_bytes(b"weights of an earlier run")
+    code, err = run_pemt(capsys, "pretrain", "--output_dir", str(tmp_path), "--model_config", "tiny", "--train_dir", "x")
+    assert code == 2 and "holds a finished run" in err and "--overwrite_output_dir" in err, err
+    assert (tmp_path / "model.safetensors").read_bytes() == b"weights of an earlier run"
+
+
+def test_bf16_on_cpu_stops_with_a_clear_error_and_saves_no_model(tmp_path, demo_data, preprocessing_cache, pretrained_tiny):
+    # oneDNN's bf16 Conv3d backward gives non-finite gradients at the tiny preset's temporal sizes (torch 2.13, CPU).
+    output_dir = tmp_path / "bf16"
+    done = subprocess.run(
+        [sys.executable, "-m", "pemt.cli", "finetune", "--output_dir", str(output_dir), "--train_dir", str(demo_data),
+         "--cache_dir", str(preprocessing_cache), "--model_name_or_path", pretrained_tiny, "--max_steps", "10",
+         "--per_device_train_batch_size", "8", "--mixed_precision", "bf16", "--report_to", "none",
+         "--no_progress_bar"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("pemt finetune: error: Training stopped at step") and "--mixed_precision no" in last, last
+    assert "Traceback" not in done.stderr
+    assert not (output_dir / "model.safetensors").exists() and not (output_dir / "README.md").exists()
+    assert json.loads((output_dir / "run.json").read_text())["finished"] is False
+
+
+# -- data sets by name, pushing, trackers ----------------------------------------------------------------------------
+
+
+def write_dataset_folder(root: Path, demo_data: Path) -> Path:
+    """A local `datasets` folder (JSON Lines per split), as a Hub data set repository would hold: training clips of
+    three classes; test clips of two of them, so that the test split's own class numbering differs."""
+    root.mkdir(parents=True)
+    classes = sorted(p.name for p in (demo_data / "train").iterdir())[:3]
+    for split, source, wanted in (("train", "train", classes), ("test", "test", classes[1:])):
+        rows = [
+            {"clip": str(path), "category": cls}
+            for cls in wanted
+            for path in sorted((demo_data / source / cls).glob("*.mp4"))[:4]
+        ]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def test_dataset_name_loads_splits_numbered_by_the_training_classes(tmp_path, demo_data):
+    folder = write_dataset_folder(tmp_path / "my_dataset", demo_data)
+    args = DataArguments(dataset_name=str(folder), video_column="clip", label_column="category")
+    train, evaluation = load_raw_splits(args)
+    names = train.features["label"].names
+    assert len(names) == 3 and evaluation.features["label"].names == names
+    test_rows = [json.loads(line) for line in (folder / "test.jsonl").read_text().splitlines()]
+    assert [names[i] for i in evaluation["label"]] == [row["category"] for row in test_rows]
+    # Negative control: numbered by its own two classes, the test split would start at 0, not 1.
+    own = datasets.load_dataset(str(folder))["test"].class_encode_column("category")
+    assert own["category"][0] == 0 and evaluation["label"][0] == 1
+
+
+def test_dataset_name_errors_name_the_missing_column(tmp_path, demo_data):
+    folder = write_dataset_folder(tmp_path / "my_dataset", demo_data)
+    with pytest.raises(ValueError, match=r"has no column 'video'.*--video_column"):
+        load_raw_splits(DataArguments(dataset_name=str(folder), label_column="category"))
+
+
+def test_finetune_from_a_named_dataset_pushes_to_the_hub(hub_server, tmp_path, demo_data, preprocessing_cache, pretrained_tiny):  # noqa: F811
+    from huggingface_hub import HfApi
+
+    from pemt.training import finetune
+
+    folder = write_dataset_folder(tmp_path / "my_dataset", demo_data)
+    output_dir = tmp_path / "model"
+    results = finetune.main(
+        ["--output_dir", str(output_dir), "--dataset_name", str(folder), "--video_column", "clip",
+         "--label_column", "category", "--cache_dir", str(preprocessing_cache), "--model_name_or_path", pretrained_tiny,
+         "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--no_progress_bar",
+         "--push_to_hub", "--hub_model_id", "tester/pemt-named-dataset"]
+    )
+    assert results["num_clips"] == 8
+    files = {entry.path for entry in HfApi().list_repo_tree("tester/pemt-named-dataset")}
+    assert {"model.safetensors", "config.json", "processor_config.json", "README.md"} <= files
+    assert not list((output_dir / "logs").rglob("events.out.tfevents.*")), "--report_to none wrote TensorBoard logs"
+
+
+# -- model configs -------------------------------------------------------------------------------------------------
+
+
+def test_config_overrides_go_through_update_from_string(tmp_path):
+    config = load_model_config(ModelArguments(model_config="tiny", config_overrides="num_segments=4,cnn_checkpointing=true"))
+    assert config.num_segments == 4 and config.cnn_checkpointing is True
+    preset_copy = tmp_path / "mine.json"
+    content = json.loads((Path(__file__).parents[1] / "pemt/model/presets/tiny.json").read_text())
+    content["config"]["hidden_size"] = 48
+    preset_copy.write_text(json.dumps(content))
+    assert load_model_config(ModelArguments(model_config=str(preset_copy))).hidden_size == 48
+    not_a_config = tmp_path / "other.json"
+    not_a_config.write_text(json.dumps({"hidden_size": 48}))
+    with pytest.raises(ValueError, match="neither a preset file .* nor a PEMT config.json"):
+        load_model_config(ModelArguments(model_config=str(not_a_config)))
+
+
+# -- the launcher --------------------------------------------------------------------------------------------------
+
+
+def test_accelerate_launch_on_cpu_that_starts_one_process_is_explained(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(
+        """
+        from pemt.training.arguments import PemtTrainingArguments
+        from pemt.training.loop import build_accelerator
+
+        accelerator = build_accelerator(PemtTrainingArguments(output_dir=%r, report_to="none"))
+        print("processes", accelerator.num_processes)
+        """ % str(tmp_path / "out")
+    ))
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("processes 1") == 1, done.stdout
+    assert "asked for 2 processes but started one" in done.stdout + done.stderr
+    assert "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2" in done.stdout + done.stderr
