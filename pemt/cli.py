@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     if argv[0] not in COMMANDS:
         usage_exit("pemt", f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
-    raise SystemExit(run(argv[0], argv[1:], debug))
+    status = run(argv[0], argv[1:], debug)
+    if status:  # returning normally on success keeps `main([...])` usable from Python
+        raise SystemExit(status)
 
 
 def module_main(command: str) -> None:

@@ -190,3 +190,55 @@ def test_accelerate_launch_on_cpu_that_starts_one_process_is_explained(tmp_path)
     assert done.stdout.count("processes 1") == 1, done.stdout
     assert "asked for 2 processes but started one" in done.stdout + done.stderr
     assert "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2" in done.stdout + done.stderr
+
+
+# -- evaluation split across processes -------------------------------------------------------------------------------
+
+
+def test_two_process_evaluation_scores_each_clip_once(tmp_path, demo_data, preprocessing_cache, pretrained_tiny):
+    import functools
+    import socket
+
+    import torch
+    from accelerate import Accelerator
+
+    from pemt import PemtForAudioVisualClassification, PemtProcessor
+    from pemt.data.loading import collate
+    from pemt.training.data_setup import preprocess_splits
+    from pemt.training.finetune import evaluate_preprocessed
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    output_dir = tmp_path / "two"
+    # 24 test clips in batches of 5 per process: the last round is uneven, so Accelerate repeats clips to even it out.
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         "-m", "pemt.training.finetune", "--output_dir", str(output_dir), "--train_dir", str(demo_data),
+         "--cache_dir", str(preprocessing_cache), "--model_name_or_path", pretrained_tiny, "--max_steps", "2",
+         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "5", "--report_to", "none",
+         "--problem_type", "multi_label_classification", "--no_progress_bar"],
+        capture_output=True, text=True, timeout=400, env={**os.environ, "ACCELERATE_USE_CPU": "true"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
+    two_process_map = next(row["eval/mAP"] for row in rows if "eval/mAP" in row)
+
+    # The same weights evaluated by one process over every clip once.
+    model = PemtForAudioVisualClassification.from_pretrained(output_dir)
+    processor = PemtProcessor.from_pretrained(output_dir)
+    _, evaluation, _, _ = preprocess_splits(
+        DataArguments(train_dir=str(demo_data), cache_dir=str(preprocessing_cache)), tmp_path / "one", processor, Accelerator()
+    )
+    assert len(evaluation) == 24
+
+    def mean_ap(dataset) -> float:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=functools.partial(collate, processor=processor, training=False))
+        torch.manual_seed(0)
+        return evaluate_preprocessed(model, Accelerator(), loader)["mAP"]
+
+    assert two_process_map == pytest.approx(mean_ap(evaluation), abs=1e-6)
+    # Negative control: counting the repeated clips (what a plain gather would do) gives another figure.
+    padded = torch.utils.data.ConcatDataset([evaluation, torch.utils.data.Subset(evaluation, range(6))])
+    assert abs(mean_ap(padded) - two_process_map) > 1e-4

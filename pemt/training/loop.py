@@ -400,9 +400,10 @@ class TrainingLoop:
                     break
             epoch += 1
         progress.close()
+        # Before the final evaluation, so that it scores the model that is saved.
+        self._average_buffers()
         if self.evaluate and not (args.eval_steps and self.state.global_step % args.eval_steps == 0):
             self._run_evaluation()
-        self._average_buffers()
         self._write_run_summary()
         # Only the trackers end here: `end_training` would also tear down the process group, which callers still
         # need to synchronise while the main process saves the model.
@@ -421,7 +422,18 @@ class TrainingLoop:
             if buffer.is_floating_point():
                 buffer.copy_(self.accelerator.reduce(buffer, reduction="mean"))
 
+    @torch.no_grad()
+    def _buffers_from_main_process(self) -> None:
+        """Gives every process the main process's buffers (BatchNorm statistics), so that the processes' shares of an
+        evaluation are scored by one model. Training is unchanged: DDP broadcasts them the same way at the next
+        forward pass."""
+        if self.accelerator.num_processes == 1:
+            return
+        for buffer in self.accelerator.unwrap_model(self.model).buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
     def _run_evaluation(self) -> dict[str, float]:
+        self._buffers_from_main_process()
         # Evaluation draws its own random masks and swaps; forking keeps the training RNG stream, and so resumed
         # runs, independent of when evaluations happened.
         with torch.random.fork_rng(devices=[]):
