@@ -169,6 +169,16 @@ def test_foreign_checkpoints_without_a_run_file_block_a_new_run(tmp_path):
         run_toy(tmp_path, max_steps=2)
 
 
+def test_entries_accelerate_would_rotate_away_are_refused_and_kept(tmp_path):
+    run_toy(tmp_path, max_steps=2)
+    old = tmp_path / "checkpoints" / "step_1.partial"  # e.g. left by an earlier pemt version
+    old.mkdir()
+    for resume in (None, "latest"):
+        with pytest.raises(PemtUsageError, match=r"holds step_1.partial, which pemt did not write"):
+            run_toy(tmp_path, max_steps=4, resume_from_checkpoint=resume)
+    assert old.is_dir() and [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint_2"]
+
+
 # -- non-finite losses ---------------------------------------------------------------------------------------------
 
 

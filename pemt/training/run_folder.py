@@ -82,12 +82,26 @@ def claim_output_dir(output_dir: Path, fingerprint: dict, resume: str | None, ov
     held = _holds_a_run(output_dir) if output_dir.is_dir() else None
     if held is None or overwrite:
         return held is not None
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    strangers = sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith("checkpoint_")) if checkpoints.is_dir() else []
+    if strangers:
+        # Accelerate's rotation deletes the oldest entries of this folder whatever they are (and fails on names
+        # without a number).
+        raise PemtUsageError(
+            f"{checkpoints} holds {', '.join(strangers)}, which pemt did not write as a checkpoint of this run; move "
+            "it elsewhere, or start afresh with --overwrite_output_dir."
+        )
     if resume is None:
         raise PemtUsageError(
             f"--output_dir {output_dir} holds {held}. Continue it with --resume_from_checkpoint latest, start afresh "
             "there with --overwrite_output_dir, or choose another --output_dir."
         )
     run_file = output_dir / RUN_FILE
+    if not run_file.is_file() and not complete_checkpoints(output_dir):
+        raise PemtUsageError(
+            f"--output_dir {output_dir} holds {held} with no complete checkpoint to resume; start afresh there with "
+            "--overwrite_output_dir, or choose another --output_dir."
+        )
     if run_file.is_file():
         recorded = json.loads(run_file.read_text()).get("fingerprint", {})
         changed = differences(recorded, fingerprint)
