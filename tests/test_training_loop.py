@@ -135,6 +135,14 @@ def test_latest_with_no_checkpoint_yet_starts_afresh(tmp_path):
     assert loop.state.global_step == 3
 
 
+def test_a_checkpoint_of_other_settings_is_refused_before_any_work(tmp_path):
+    run_toy(tmp_path / "a", max_steps=2)
+    args = toy_args(tmp_path / "b", resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "checkpoint_2"))
+    with pytest.raises(PemtUsageError, match=r"checkpoint_2 belongs to a run with other settings \(toy: 1 there, 2 now\)"):
+        prepare_output_dir(build_accelerator(args), args, {"toy": 2})
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     run_toy(tmp_path / "a", max_steps=2)
     with pytest.raises(PemtUsageError, match=r"width: 6 there, 7 now"):

@@ -116,6 +116,10 @@ def prepare_output_dir(accelerator: Accelerator, args: PemtTrainingArguments, fi
     """Claims `args.output_dir` for this run (see [`run_folder.claim_output_dir`]) before any work is done."""
     output_dir = Path(args.output_dir)
     clear = claim_output_dir(output_dir, fingerprint, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if args.resume_from_checkpoint and not clear:
+        # The settings are checked now, before data preparation; the model config when the model exists.
+        for path in resume_candidates(output_dir, args.resume_from_checkpoint)[:1]:
+            check_checkpoint_belongs(path, fingerprint, None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if clear:

@@ -172,11 +172,13 @@ def read_checkpoint_marker(path: Path) -> dict:
     return json.loads((path / CHECKPOINT_MARKER).read_text())
 
 
-def check_checkpoint_belongs(path: Path, fingerprint: dict, model_config: dict) -> None:
-    """Raises when the checkpoint at `path` was written by a run with other settings or another model config."""
+def check_checkpoint_belongs(path: Path, fingerprint: dict, model_config: dict | None) -> None:
+    """Raises when the checkpoint at `path` was written by a run with other settings or (unless `model_config` is
+    None) another model config."""
     marker = read_checkpoint_marker(path)
     changed = differences(marker.get("fingerprint", {}), fingerprint)
-    changed += differences(_comparable(marker.get("model_config", {})), _comparable(model_config))
+    if model_config is not None:
+        changed += differences(_comparable(marker.get("model_config", {})), _comparable(model_config))
     if changed:
         raise PemtUsageError(
             f"Checkpoint {path} belongs to a run with other settings ({'; '.join(changed)}); resume with that run's "
