@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 
+from pemt import PemtConfig
 from pemt.cli import main as pemt_main
 from pemt.training.arguments import ModelArguments, load_model_config
 from pemt.training.data_setup import DataArguments, load_raw_splits
@@ -57,15 +58,19 @@ def test_bad_values_are_one_line_usage_errors_before_any_work(capsys, tmp_path, 
     assert not output_dir.exists(), "a refused command must not touch the output folder"
 
 
-def test_a_runtime_error_is_one_line_with_status_1_and_debug_shows_the_traceback(tmp_path):
-    command = [sys.executable, "-m", "pemt.cli", "evaluate", "--model", str(tmp_path / "missing"), "--eval_dir", str(tmp_path)]
-    plain = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 1
-    lines = plain.stderr.strip().splitlines()
-    assert lines[-1].startswith("pemt evaluate: error: ") and "--debug" in lines[-1], plain.stderr
-    assert "Traceback" not in plain.stderr
-    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, timeout=120)
-    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+def test_a_runtime_error_is_one_line_with_status_1_and_debug_shows_the_traceback(capsys, tmp_path):
+    code, err = run_pemt(capsys, "evaluate", "--model", str(tmp_path / "missing"), "--eval_dir", str(tmp_path))
+    assert code == 2 and "missing: no config.json there; give a fine-tuned model folder or a Hub id" in err, err
+    # A model folder whose weights are missing fails at run time.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(PemtConfig.from_preset("tiny").to_dict()))
+    argv = ["evaluate", "--model", str(tmp_path / "model"), "--eval_dir", str(tmp_path / "model")]
+    code, err = run_pemt(capsys, *argv)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("pemt evaluate: error: ") and "--debug" in err, err
+    assert "Traceback" not in err
+    code, err = run_pemt(capsys, *argv, "--debug")
+    assert code == 1 and "Traceback (most recent call last)" in err
 
 
 def test_a_finished_run_folder_is_refused_with_the_ways_out(capsys, tmp_path):

@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     args, data_args = parse_arguments(
         "pemt evaluate", "Evaluate a fine-tuned PEMT classifier.", (EvaluationArguments, DataArguments), argv
     )
+    looks_local = args.model.startswith((".", "/", "~")) or Path(args.model).exists() or args.model.count("/") > 1
+    if looks_local and not (Path(args.model).expanduser() / "config.json").is_file():
+        raise PemtUsageError(f"--model {args.model}: no config.json there; give a fine-tuned model folder or a Hub id.")
     dataset = load_evaluation_set(data_args)
     model = PemtForAudioVisualClassification.from_pretrained(args.model)
     processor = PemtProcessor.from_pretrained(args.model)
