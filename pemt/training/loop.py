@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +46,6 @@ from .run_folder import (
     write_run_file,
 )
 
-logger = logging.getLogger(__name__)
 
 CPU_PROCESSES_HINT = (
     "accelerate launch was asked for {requested} processes but started one: without --multi_gpu, Accelerate's "
@@ -87,9 +86,8 @@ def build_accelerator(args: PemtTrainingArguments) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     requested = launcher_requested_processes()
-    if requested and requested > accelerator.num_processes:
-        logger.warning(CPU_PROCESSES_HINT.format(requested=requested))
-        accelerator.print("WARNING: " + CPU_PROCESSES_HINT.format(requested=requested))
+    if requested and requested > accelerator.num_processes and accelerator.is_main_process:
+        sys.stderr.write("pemt: warning: " + CPU_PROCESSES_HINT.format(requested=requested) + "\n")
     return accelerator
 
 

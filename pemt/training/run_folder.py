@@ -9,7 +9,6 @@ folder without it is incomplete (killed while saving) and is never resumed from.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from dataclasses import asdict, is_dataclass
@@ -18,7 +17,6 @@ from typing import Any
 
 from ..errors import PemtUsageError
 
-logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 CHECKPOINTS_DIR = "checkpoints"  # what Accelerate's automatic checkpoint naming writes under the project folder
