@@ -94,7 +94,11 @@ class PemtConfig(PreTrainedConfig):
         share_layers (`bool`, *optional*, defaults to `True`):
             One layer's weights are applied `num_hidden_layers` times (ALBERT-style).
         share_modalities (`bool`, *optional*, defaults to `True`):
-            One Transformer serves as visual, audio and multimodal Transformer; LayerNorms stay private.
+            One Transformer serves as visual, audio and multimodal Transformer.
+        share_layer_norms (`bool`, *optional*, defaults to `True`):
+            With `share_modalities`, the shared Transformer has one post-attention and one post-FFN LayerNorm per
+            layer for all modalities, as the authors' code has (their released checkpoints need it); `False` gives
+            each modality its own (SPEC.md's first description). No effect without `share_modalities`.
         low_rank_dim (`int`, *optional*, defaults to 128):
             Rank of the modality-private factors of each weight matrix; 0 keeps full matrices.
         cnn_chunk_size (`int`, *optional*, defaults to 0):
@@ -115,6 +119,24 @@ class PemtConfig(PreTrainedConfig):
             at 1.0 the most similar candidate is up to e^2 times likelier than the least similar).
         classifier_modality (`str`, *optional*, defaults to `"audio-visual"`):
             Classification: which inputs the classifier uses, one of `"audio-visual"`, `"visual"`, `"audio"`.
+        classifier_head (`str`, *optional*, defaults to `"clip"`):
+            Classification head. `"clip"`: one score per clip from pooled Transformer outputs plus one from the mean
+            CNN embeddings, added. `"segment"`: the authors' head, which scores every segment from `[summary;
+            segment]` outputs and from that segment's CNN embeddings, trains both with per-segment cross-entropy,
+            and reports the mean of the segments' and heads' softmaxes (see [`PemtForAudioVisualClassification`]).
+            `"cnn"`: a linear layer on the mean CNN embeddings alone, the Transformers unused (the authors' UCF101
+            and ESC-50 settings, with one modality and usually one segment per clip).
+        classifier_dropout (`float`, *optional*):
+            Dropout of the classification heads. Default: `hidden_dropout_prob` for the clip head, 0.5 (the
+            authors' `MODEL.DROPOUT_RATE`) for the segment head.
+        classifier_layer_norm_eps (`float`, *optional*):
+            Epsilon of the head's LayerNorm. Default: `layer_norm_eps` for the clip head, 1e-5 (the authors'
+            `MODEL.EPSILON`) for the segment head.
+        classifier_loss (`str`, *optional*, defaults to `"cross_entropy"`):
+            Single-label training loss: `"cross_entropy"`, or `"multi_margin"` (`torch.nn.MultiMarginLoss`, the
+            authors' ESC-50 linear evaluation).
+        classifier_margin (`float`, *optional*, defaults to 0.1):
+            Margin of the multi-margin loss (the authors' `MODEL.MARGIN`).
 
     Example:
 
@@ -168,6 +190,7 @@ class PemtConfig(PreTrainedConfig):
 
     share_layers: bool = True
     share_modalities: bool = True
+    share_layer_norms: bool = True
     low_rank_dim: int = 128
 
     cnn_chunk_size: int = 0
@@ -184,6 +207,11 @@ class PemtConfig(PreTrainedConfig):
     negative_sampling_temperature: float = 1.0
 
     classifier_modality: str = "audio-visual"
+    classifier_head: str = "clip"
+    classifier_dropout: float | int | None = None
+    classifier_layer_norm_eps: float | None = None
+    classifier_loss: str = "cross_entropy"
+    classifier_margin: float = 0.1
 
     @property
     def visual_embedding_dim(self) -> int:
@@ -253,6 +281,14 @@ class PemtConfig(PreTrainedConfig):
             raise ValueError(
                 f"classifier_modality is {self.classifier_modality!r}; choose one of {', '.join(CLASSIFIER_MODALITIES)}."
             )
+        if self.classifier_head not in CLASSIFIER_HEADS:
+            raise ValueError(
+                f"classifier_head is {self.classifier_head!r}; choose one of {', '.join(CLASSIFIER_HEADS)}."
+            )
+        if self.classifier_loss not in CLASSIFIER_LOSSES:
+            raise ValueError(
+                f"classifier_loss is {self.classifier_loss!r}; choose one of {', '.join(CLASSIFIER_LOSSES)}."
+            )
         if not 0.0 < self.mask_probability < 1.0:
             raise ValueError(f"mask_probability ({self.mask_probability}) must lie strictly between 0 and 1.")
         if self.cnn_chunk_size < 0:
@@ -318,6 +354,8 @@ class _Presets(Mapping):
 
 NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform")
 CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
+CLASSIFIER_HEADS = ("clip", "segment", "cnn")
+CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
 
 # Presets are data files a user can copy: each holds overrides of the paper's defaults, with the reasons in "notes".
 # "tiny" exists for unit tests (every forward well under a second on a CPU core); "small" is what the CPU demo

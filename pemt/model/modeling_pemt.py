@@ -21,6 +21,14 @@ from transformers.utils import ModelOutput, logging
 
 from .cnn_pemt import PemtAudioCNN, PemtVisualCNN, run_cnn_over_segments
 from .configuration_pemt import PemtConfig
+from .heads_pemt import (
+    mean_segment_probabilities,
+    multi_margin_loss,
+    probabilities_to_logits,
+    repeat_per_segment,
+    segment_mask,
+    segment_pairs,
+)
 from .objectives import mask_segments, mep_loss, swap_audio
 from .sharing import AUDIO, MODALITY_NAMES, MULTIMODAL, VISUAL, PemtEncoder, PemtSharedLinear, sigma_cache
 
@@ -86,14 +94,21 @@ class PemtClassifierOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*):
             Cross-entropy (single-label) or binary cross-entropy (multi-label), when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-            Sum of the Transformer head's and the CNN head's scores.
+            Clip head: sum of the Transformer head's and the CNN head's scores. Segment head: the log of the clip
+            probability (mean over segments and both heads of their softmaxes), so that `logits.softmax(-1)` is it.
         model_output ([`PemtModelOutput`]):
-            The backbone's output.
+            The backbone's output (`None` for the CNN-only head).
+        segment_logits (`torch.FloatTensor` of shape `(batch_size, num_segments, num_labels)`, *optional*):
+            Segment head only: the Transformer head's score of every segment.
+        cnn_segment_logits (`torch.FloatTensor` of shape `(batch_size, num_segments, num_labels)`, *optional*):
+            Segment head only: the CNN head's score of every segment.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     model_output: PemtModelOutput | None = None
+    segment_logits: torch.FloatTensor | None = None
+    cnn_segment_logits: torch.FloatTensor | None = None
 
 
 
@@ -162,26 +177,30 @@ class PemtAttention(nn.Module):
 
 
 class PemtLayer(GradientCheckpointingLayer):
-    """A post-LayerNorm BERT layer. Its LayerNorms are private to each modality even when the weights are shared."""
+    """A post-LayerNorm BERT layer. Its two LayerNorms serve every modality (`config.share_layer_norms`, the
+    authors' layout) or are private to each; either way they live in `attention_norm` / `output_norm` lists, one
+    entry per LayerNorm."""
 
     def __init__(self, config: PemtConfig, num_modalities: int):
         super().__init__()
         h, r = config.hidden_size, config.low_rank_dim
+        num_norms = 1 if config.share_layer_norms else num_modalities
         self.attention = PemtAttention(config, num_modalities)
-        self.attention_norm = nn.ModuleList(nn.LayerNorm(h, eps=config.layer_norm_eps) for _ in range(num_modalities))
+        self.attention_norm = nn.ModuleList(nn.LayerNorm(h, eps=config.layer_norm_eps) for _ in range(num_norms))
         self.intermediate = PemtSharedLinear(h, config.intermediate_size, num_modalities, r)
         self.activation = ACT2FN[config.hidden_act]
         self.output = PemtSharedLinear(config.intermediate_size, h, num_modalities, r)
-        self.output_norm = nn.ModuleList(nn.LayerNorm(h, eps=config.layer_norm_eps) for _ in range(num_modalities))
+        self.output_norm = nn.ModuleList(nn.LayerNorm(h, eps=config.layer_norm_eps) for _ in range(num_norms))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, modality: int, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        norm = modality if len(self.attention_norm) > 1 else 0
         attended, probs = self.attention(hidden_states, attention_mask, modality, output_attentions)
-        hidden_states = self.attention_norm[modality](hidden_states + self.dropout(attended))
+        hidden_states = self.attention_norm[norm](hidden_states + self.dropout(attended))
         feed_forward = self.output(self.activation(self.intermediate(hidden_states, modality)), modality)
-        hidden_states = self.output_norm[modality](hidden_states + self.dropout(feed_forward))
+        hidden_states = self.output_norm[norm](hidden_states + self.dropout(feed_forward))
         return hidden_states, probs
 
 
@@ -418,6 +437,10 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
     `config.classifier_modality` selects the inputs: `"audio-visual"` reads the multimodal Transformer, `"visual"`
     and `"audio"` read their own Transformer and CNN only. `config.problem_type` is `"single_label_classification"`
     (cross-entropy) or `"multi_label_classification"` (binary cross-entropy); when unset it follows the labels.
+
+    `config.classifier_head` picks the head: `"clip"` (above), `"segment"` (the authors' head: the same layers, with
+    bias-free poolers, applied to `[summary; segment_t]` for every segment, and the CNN head to every segment's
+    embeddings; see `heads_pemt.py`), or `"cnn"` (the CNN head alone; the Transformers are frozen and never run).
     """
 
     def __init__(self, config: PemtConfig):
@@ -426,14 +449,26 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         self.modalities = {"audio-visual": ("visual", "audio"), "visual": ("visual",), "audio": ("audio",)}[
             config.classifier_modality
         ]
+        head = config.classifier_head
         h = config.hidden_size
-        self.segment_poolers = nn.ModuleDict({name: nn.Linear(2 * h, h) for name in self.modalities})
-        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(h, config.num_labels)
+        if head != "cnn":
+            # The authors' fc1/fc2 have no bias: a bias added before the LayerNorm would only shift its input.
+            self.segment_poolers = nn.ModuleDict(
+                {name: nn.Linear(2 * h, h, bias=head == "clip") for name in self.modalities}
+            )
+            eps = config.classifier_layer_norm_eps
+            self.norm = nn.LayerNorm(h, eps=eps if eps is not None else (1e-5 if head == "segment" else config.layer_norm_eps))
+            self.classifier = nn.Linear(h, config.num_labels)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(dropout if dropout is not None else (0.5 if head == "segment" else config.hidden_dropout_prob))
         cnn_dim = sum(getattr(config, f"{name}_embedding_dim") for name in self.modalities)
         self.cnn_classifier = nn.Linear(cnn_dim, config.num_labels)
         self.post_init()
+        if head == "cnn":
+            # Only the CNNs feed this head; frozen, the unused Transformer weights cost no optimiser state and
+            # do not trip distributed training's unused-parameter check.
+            for part in (self.pemt.encoder, self.pemt.visual_embeddings, self.pemt.audio_embeddings, self.pemt.multimodal_embeddings):
+                part.requires_grad_(False)
 
     def forward(
         self,
@@ -464,10 +499,16 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
                     f"classifier_modality is {self.config.classifier_modality!r}, so {name} inputs are required."
                 )
             backbone_inputs.update(inputs[name])
+        masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
+        if self.config.classifier_head == "cnn":
+            result = self._cnn_forward(pixel_values, audio_values, masks, labels)
+            return result if return_dict else result.to_tuple()
         output = self.pemt(
             **backbone_inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
         )
-        masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
+        if self.config.classifier_head == "segment":
+            result = self._segment_forward(output, masks, labels)
+            return result if return_dict else result.to_tuple()
         pooled = 0
         for name, sequence in self._sequences(output).items():
             pooled = pooled + self.segment_poolers[name](summary_and_mean(sequence, masks[name]))
@@ -479,6 +520,47 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         loss = self.compute_loss(logits, labels) if labels is not None else None
         result = PemtClassifierOutput(loss=loss, logits=logits, model_output=output)
         return result if return_dict else result.to_tuple()
+
+    def _segment_forward(
+        self, output: PemtModelOutput, masks: dict[str, torch.Tensor | None], labels: torch.Tensor | None
+    ) -> PemtClassifierOutput:
+        """The authors' head: both heads score every segment; see `heads_pemt.py`."""
+        pooled = 0
+        for name, sequence in self._sequences(output).items():
+            pooled = pooled + self.segment_poolers[name](self.dropout(segment_pairs(sequence)))
+        segment_logits = self.classifier(self.norm(pooled))
+        cnn_features = torch.cat([output[f"{name}_cnn_embeddings"] for name in self.modalities], dim=-1)
+        cnn_logits = self.cnn_classifier(self.dropout(cnn_features))
+        batch, length = segment_logits.shape[:2]
+        mask = segment_mask([masks[name] for name in self.modalities], batch, length, segment_logits.device)
+        loss = None
+        if labels is not None:
+            repeated = repeat_per_segment(labels, length)[mask]
+            loss = self.compute_loss(segment_logits[mask], repeated) + self.compute_loss(cnn_logits[mask], repeated)
+        multi_label = self.config.problem_type == "multi_label_classification"
+        probabilities = mean_segment_probabilities([segment_logits, cnn_logits], mask, multi_label)
+        return PemtClassifierOutput(
+            loss=loss,
+            logits=probabilities_to_logits(probabilities, multi_label),
+            model_output=output,
+            segment_logits=segment_logits,
+            cnn_segment_logits=cnn_logits,
+        )
+
+    def _cnn_forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        audio_values: torch.Tensor | None,
+        masks: dict[str, torch.Tensor | None],
+        labels: torch.Tensor | None,
+    ) -> PemtClassifierOutput:
+        """The CNN alone (the authors' single-modality settings): mean CNN embedding over real segments -> linear."""
+        embed = {"visual": lambda: self.pemt.embed_visual(pixel_values, masks["visual"]),
+                 "audio": lambda: self.pemt.embed_audio(audio_values, masks["audio"])}
+        features = torch.cat([masked_mean(embed[name](), masks[name]) for name in self.modalities], dim=-1)
+        logits = self.cnn_classifier(self.dropout(features))
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        return PemtClassifierOutput(loss=loss, logits=logits)
 
     def freeze_backbone(self) -> None:
         """Linear evaluation: only the heads train. The backbone also stays in eval mode, so that BatchNorm keeps the
@@ -528,6 +610,8 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         if self.config.problem_type == "multi_label_classification":
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         if self.config.problem_type == "single_label_classification":
+            if self.config.classifier_loss == "multi_margin":
+                return multi_margin_loss(logits, labels, self.config.classifier_margin)
             return F.cross_entropy(logits, labels.view(-1).long())
         raise ValueError(
             f"problem_type {self.config.problem_type!r} is not supported; use single_label_classification or "
