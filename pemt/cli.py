@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pemt.training.evaluate:main", "Top-1/top-5 accuracy or mAP of a fine-tuned classifier, with a confusion matrix."),
     "classify": ("pemt.cli:classify", "Classify video files with the audio-visual-classification pipeline."),
     "push": ("pemt.cli:push", "Upload a fine-tuned model directory to the Hub (weights, code, processor, pipeline, card)."),
+    "convert-avbert": (
+        "pemt.conversion.avbert:main",
+        "Convert an AVBERT checkpoint of the authors (fine-tuned or pretrained) into a pemt model directory.",
+    ),
     "demo": ("pemt.cli:demo", "Make the demo data, pretrain, fine-tune, evaluate and classify: the whole path in minutes on a CPU."),
 }
 SUBCOMMANDS = {name: text for name, (_, text) in COMMANDS.items()}  # name -> description, for parsers' help
