@@ -13,8 +13,9 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     Classifies videos with a PEMT classifier and its processor.
 
     Each input (a path, bytes, a binary file object, or a dict of decoded arrays — see [`PemtProcessor`]) is decoded
-    once into `num_temporal_views` evenly shifted sets of segments; every view is one model row (so views and clips
-    batch together with `batch_size`), and the class probabilities are averaged over the views.
+    once into `num_temporal_views` evenly shifted sets of segments, each seen through `num_spatial_crops` crops (3:
+    left, centre, right); every view is one model row (so views and clips batch together with `batch_size`), and the
+    class probabilities are averaged over the views.
 
     Example:
 
@@ -33,17 +34,23 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     _load_tokenizer = False
 
     def _sanitize_parameters(
-        self, top_k: int | None = None, num_temporal_views: int | None = None, **kwargs
+        self, top_k: int | None = None, num_temporal_views: int | None = None, num_spatial_crops: int | None = None,
+        **kwargs,
     ) -> tuple[dict, dict, dict]:
         preprocess = {} if num_temporal_views is None else {"num_temporal_views": num_temporal_views}
+        if num_spatial_crops is not None:
+            preprocess["num_spatial_crops"] = num_spatial_crops
         postprocess = {} if top_k is None else {"top_k": top_k}
         return preprocess, {}, postprocess
 
-    def preprocess(self, inputs: Any, num_temporal_views: int = 1):
-        features = self.processor(videos=inputs, num_temporal_views=num_temporal_views, return_tensors="pt")
-        for view in range(num_temporal_views):
+    def preprocess(self, inputs: Any, num_temporal_views: int = 1, num_spatial_crops: int = 1):
+        features = self.processor(
+            videos=inputs, num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops, return_tensors="pt"
+        )
+        views = num_temporal_views * num_spatial_crops
+        for view in range(views):
             row = {key: value[view : view + 1] for key, value in features.items()}
-            yield {"is_last": view == num_temporal_views - 1, **row}
+            yield {"is_last": view == views - 1, **row}
 
     def _forward(self, model_inputs: dict) -> dict:
         is_last = model_inputs.pop("is_last")

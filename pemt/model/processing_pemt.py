@@ -157,6 +157,7 @@ class PemtProcessor(ProcessorMixin):
         require_audio: bool,
         require_video: bool,
         generator: torch.Generator | None,
+        num_spatial_crops: int = 1,
     ) -> dict[str, torch.Tensor]:
         segments, real, name = self.decode(video, training, num_temporal_views, generator)
         count = len(real)
@@ -167,9 +168,24 @@ class PemtProcessor(ProcessorMixin):
             crop = self.video_processor.train_crop_size if training else self.video_processor.eval_crop_size
             pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop)
             visual_segment_mask = torch.zeros(count, dtype=torch.long)
-        else:
-            pixels = self.video_processor(torch.from_numpy(segments.frames), training=training, generator=generator, return_tensors="pt")["pixel_values"]
+        elif training:
+            # One augmentation draw per temporal view: all segments of a view share its crop and flip.
+            views = torch.from_numpy(segments.frames).unflatten(0, (num_temporal_views, self.num_segments))
+            pixels = torch.cat(
+                [self.video_processor(view, training=True, generator=generator, return_tensors="pt")["pixel_values"] for view in views]
+            )
             visual_segment_mask = mask
+        else:
+            pixels = self.video_processor(torch.from_numpy(segments.frames), return_tensors="pt")["pixel_values"]
+            visual_segment_mask = mask
+        if num_spatial_crops > 1 and segments.frames is not None:
+            # Spatial views: rows per temporal view, crop by crop ([view, crop, segment], flattened).
+            frames = torch.from_numpy(segments.frames)
+            crops = [
+                self.video_processor(frames, spatial_crop=i, num_spatial_crops=num_spatial_crops, return_tensors="pt")["pixel_values"]
+                for i in range(num_spatial_crops)
+            ]
+            pixels = torch.stack([c.unflatten(0, (num_temporal_views, self.num_segments)) for c in crops], dim=1).flatten(0, 2)
         if segments.waveform is None:
             if require_audio:
                 raise MediaDecodeError(f"{name}: no audio stream, and require_audio=True.")
@@ -179,6 +195,18 @@ class PemtProcessor(ProcessorMixin):
         else:
             audio = self.feature_extractor(segments.waveform, training=training, generator=generator, return_tensors="pt")["audio_values"]
             audio_segment_mask = mask
+        if num_spatial_crops > 1:
+            # Every spatial view hears the same audio; without video, the zeros are repeated like the audio.
+            def per_crop(values: torch.Tensor) -> torch.Tensor:
+                if values.shape[0] == count * num_spatial_crops:
+                    return values
+                grouped = values.unflatten(0, (num_temporal_views, 1, self.num_segments))
+                return grouped.expand(-1, num_spatial_crops, *grouped.shape[2:]).flatten(0, 2)
+
+            pixels, audio, visual_segment_mask, audio_segment_mask = map(
+                per_crop, (pixels, audio, visual_segment_mask, audio_segment_mask)
+            )
+            real = np.tile(real.reshape(num_temporal_views, 1, -1), (1, num_spatial_crops, 1)).reshape(-1)
         # Padding segments are zeros whatever the decoder gave for them.
         pixels[~real] = 0
         audio[~real] = 0
@@ -193,6 +221,7 @@ class PemtProcessor(ProcessorMixin):
         require_audio: bool = False,
         require_video: bool = False,
         generator: torch.Generator | None = None,
+        num_spatial_crops: int = 1,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -206,6 +235,9 @@ class PemtProcessor(ProcessorMixin):
             require_audio (`bool`, *optional*, defaults to `False`): a clip without audio is an error.
             require_video (`bool`, *optional*, defaults to `False`): a clip without video is an error.
             generator (`torch.Generator`, *optional*): randomness of training placement and augmentation.
+            num_spatial_crops (`int`, *optional*, defaults to 1): evaluation: `s` crops spread along each frame's long
+                side (3: left, centre, right, the authors' test views) instead of the centre crop; every temporal
+                view gives `s` rows, so the batch holds `B * k * s` rows (clip, then temporal view, then crop).
 
         Returns:
             [`BatchFeature`] with `pixel_values` `[B * k, T, 3, F, crop, crop]`, `audio_values`
@@ -218,10 +250,13 @@ class PemtProcessor(ProcessorMixin):
             raise ValueError("PemtProcessor needs `videos`.")
         if not isinstance(videos, (list, tuple)):
             videos = [videos]
+        if training and num_spatial_crops != 1:
+            raise ValueError("num_spatial_crops is an evaluation setting; training takes one random crop per clip.")
         clips = [
-            self._clip_features(v, training, num_temporal_views, require_audio, require_video, generator) for v in videos
+            self._clip_features(v, training, num_temporal_views, require_audio, require_video, generator, num_spatial_crops)
+            for v in videos
         ]
-        shape = (len(videos) * num_temporal_views, self.num_segments)
+        shape = (len(videos) * num_temporal_views * num_spatial_crops, self.num_segments)
         data = {key: torch.cat([c[key] for c in clips]).reshape(*shape, *clips[0][key].shape[1:]) for key in clips[0]}
         if return_tensors != "pt":
             data = {key: value.numpy() for key, value in data.items()}

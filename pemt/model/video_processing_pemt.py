@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TypedDict
 
 import numpy as np
@@ -24,14 +25,18 @@ class PemtVideoKwargs(TypedDict, total=False):
     eval_crop_size: int
     image_mean: float
     image_std: float
+    horizontal_flip: bool
 
 
 class PemtVideoProcessor(VideoProcessorMixin):
     r"""
-    Turns the RGB frames of PEMT segments into model input. Training: the short side is resized to a length drawn
-    uniformly from `train_short_side_range`, then a random `train_crop_size` square is cut, the same for every
-    frame of a segment. Evaluation: the short side is resized to `eval_short_side`, then the centre
-    `eval_crop_size` square is cut. Values are scaled to [0, 1] and normalised with `image_mean` / `image_std`.
+    Turns the RGB frames of PEMT segments into model input. Training (the authors' augmentation): the short side is
+    resized to a length drawn uniformly from `train_short_side_range`, a random `train_crop_size` square is cut and,
+    with `horizontal_flip`, the frames are mirrored with probability 1/2; one draw serves every frame of every
+    segment of the clip, so that the segments the Transformers compare show the same view. Evaluation: the short
+    side is resized to `eval_short_side`, then the centre `eval_crop_size` square is cut, or, for spatial test views,
+    one of `num_spatial_crops` squares spread along the long side (3: left, centre, right, or top, centre, bottom).
+    Values are scaled to [0, 1] and normalised with `image_mean` / `image_std`.
 
     Resizing is bilinear with antialiasing (`torch.nn.functional.interpolate`), run on uint8 frames at once for
     all frames of a segment: the uint8 path of PyTorch is several times faster than float on CPU and rounds to
@@ -50,6 +55,7 @@ class PemtVideoProcessor(VideoProcessorMixin):
         eval_crop_size (`int`, *optional*, defaults to 128): evaluation crop side.
         image_mean (`float`, *optional*, defaults to 0.45): mean subtracted from every channel.
         image_std (`float`, *optional*, defaults to 0.225): standard deviation every channel is divided by.
+        horizontal_flip (`bool`, *optional*, defaults to `True`): training mirrors a clip with probability 1/2.
     """
 
     model_input_names = ["pixel_values"]
@@ -66,6 +72,7 @@ class PemtVideoProcessor(VideoProcessorMixin):
         eval_crop_size: int = 128,
         image_mean: float = 0.45,
         image_std: float = 0.225,
+        horizontal_flip: bool = True,
         **kwargs,
     ):
         kwargs.pop("video_processor_type", None)
@@ -79,6 +86,7 @@ class PemtVideoProcessor(VideoProcessorMixin):
         self.eval_crop_size = eval_crop_size
         self.image_mean = image_mean
         self.image_std = image_std
+        self.horizontal_flip = horizontal_flip
 
     @classmethod
     def from_model_config(cls, config: PemtConfig) -> PemtVideoProcessor:
@@ -139,19 +147,39 @@ class PemtVideoProcessor(VideoProcessorMixin):
         # One multiply and one subtract in place: this runs over every pixel of a batch.
         return pixels.mul_(1.0 / (scale * self.image_std)).sub_(self.image_mean / self.image_std)
 
+    def _training_view(
+        self, frames: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Frames `[N, H, W, 3]` -> `[N, crop, crop, 3]`: one random short side, crop and flip for all of them."""
+        low, high = self.train_short_side_range
+        side = int(torch.randint(low, high + 1, (1,), generator=generator))
+        resized = self.resize_short_side(frames, side)
+        height, width = resized.shape[1:3]
+        size = self.train_crop_size
+        top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+        cropped = self.crop(resized, size, top, left)
+        if self.horizontal_flip and bool(torch.rand((), generator=generator) < 0.5):
+            cropped = cropped.flip(2)
+        return cropped
+
+    @staticmethod
+    def spatial_crop_offsets(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:
+        """`(top, left)` of `num_crops` squares of side `size` spread evenly along the long side, centred on the
+        short one; with 3: left (top), centre, right (bottom), the authors' spatial test views."""
+        if num_crops == 1:
+            return [((height - size) // 2, (width - size) // 2)]
+        along = [math.ceil(i * (max(height, width) - size) / (num_crops - 1)) for i in range(num_crops)]
+        if width >= height:
+            return [(math.ceil((height - size) / 2), offset) for offset in along]
+        return [(offset, math.ceil((width - size) / 2)) for offset in along]
+
     def process_segment(
         self, frames: torch.Tensor, training: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """One segment `[F, H, W, 3]` (uint8, or float in [0, 1]) → `[3, F, crop, crop]` float32."""
         if training:
-            low, high = self.train_short_side_range
-            side = int(torch.randint(low, high + 1, (1,), generator=generator))
-            resized = self.resize_short_side(frames, side)
-            height, width = resized.shape[1:3]
-            size = self.train_crop_size
-            top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
-            return self._normalize(self.crop(resized, size, top, left))
+            return self._normalize(self._training_view(frames, generator))
         resized = self.resize_short_side(frames, self.eval_short_side)
         return self._normalize(self._center_crop(resized, self.eval_crop_size))
 
@@ -161,15 +189,21 @@ class PemtVideoProcessor(VideoProcessorMixin):
         training: bool = False,
         generator: torch.Generator | None = None,
         return_tensors: str | None = None,
+        spatial_crop: int | None = None,
+        num_spatial_crops: int = 1,
         **kwargs,
     ) -> BatchFeature:
         """
         Args:
-            videos (`torch.Tensor` or `np.ndarray`): segments `[S, F, H, W, 3]` (or one `[F, H, W, 3]`), uint8 or
-                float in [0, 1].
-            training (`bool`, *optional*, defaults to `False`): random short side and crop instead of centre crop.
-            generator (`torch.Generator`, *optional*): randomness of the training crops.
+            videos (`torch.Tensor` or `np.ndarray`): the segments of one clip `[S, F, H, W, 3]` (or one `[F, H, W,
+                3]`), uint8 or float in [0, 1].
+            training (`bool`, *optional*, defaults to `False`): random short side, crop and flip (one draw for the
+                whole clip) instead of the evaluation crop.
+            generator (`torch.Generator`, *optional*): randomness of the training augmentation.
             return_tensors (`str`, *optional*): `"pt"`, `"np"` or `None` (NumPy).
+            spatial_crop (`int`, *optional*): evaluation: which of `num_spatial_crops` evenly spread crops to cut
+                (default: the centre crop).
+            num_spatial_crops (`int`, *optional*, defaults to 1): how many spatial views `spatial_crop` picks from.
 
         Returns:
             [`BatchFeature`] with `pixel_values` `[S, 3, F, crop, crop]`.
@@ -177,13 +211,21 @@ class PemtVideoProcessor(VideoProcessorMixin):
         segments = torch.as_tensor(videos)
         if segments.ndim == 4:
             segments = segments[None]
+        # All frames of the clip are resized in one call: one size serves them all in both modes.
+        flat = segments.reshape(-1, *segments.shape[-3:])
         if training:
-            pixels = torch.stack([self.process_segment(s, True, generator) for s in segments])
+            views = self._training_view(flat, generator)
         else:
-            # Evaluation uses one size for every segment, so all frames of the clip are resized in one call.
-            flat = segments.reshape(-1, *segments.shape[-3:])
-            resized = self._center_crop(self.resize_short_side(flat, self.eval_short_side), self.eval_crop_size)
-            pixels = self._normalize(resized).unflatten(1, segments.shape[:2]).permute(1, 0, 2, 3, 4)
+            resized = self.resize_short_side(flat, self.eval_short_side)
+            size = self.eval_crop_size
+            if spatial_crop is None:
+                views = self._center_crop(resized, size)
+            else:
+                if not 0 <= spatial_crop < num_spatial_crops:
+                    raise ValueError(f"spatial_crop {spatial_crop} is not in [0, num_spatial_crops={num_spatial_crops}).")
+                offsets = self.spatial_crop_offsets(*resized.shape[1:3], size, num_spatial_crops)
+                views = self.crop(resized, size, *offsets[spatial_crop])
+        pixels = self._normalize(views).unflatten(1, segments.shape[:2]).permute(1, 0, 2, 3, 4)
         return BatchFeature({"pixel_values": pixels if return_tensors == "pt" else pixels.numpy()}, tensor_type=return_tensors)
 
     def __call__(self, videos: torch.Tensor | np.ndarray, **kwargs) -> BatchFeature:

@@ -67,6 +67,10 @@ class PemtTrainingArguments:
     gradient_accumulation_steps: int = field(default=1)
     learning_rate: float = field(default=1e-3)
     weight_decay: float = field(default=0.01)
+    optimizer: Literal["adamw", "adam"] = field(
+        default="adamw", metadata={"help": "adam: Adam with L2 weight decay, the authors' fine-tuning optimiser."}
+    )
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Epsilon of Adam / AdamW (the authors': 1e-6)."})
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": "A transformers schedule: " + ", ".join(t.value for t in SchedulerType) + "."}
     )
@@ -165,10 +169,23 @@ class ClassificationArguments:
     linear_probe: bool = field(default=False, metadata={"help": "Freeze the backbone; train the heads only."})
     head_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the heads."})
     num_temporal_views: int = field(default=1, metadata={"help": "Views per clip in the final evaluation."})
+    num_spatial_crops: int = field(
+        default=1, metadata={"help": "Spatial views (3: left, centre, right crops) per temporal view in the final evaluation."}
+    )
+    classifier_head: Literal["clip", "segment", "cnn"] | None = field(
+        default=None,
+        metadata={"help": "clip, segment (the authors' per-segment head) or cnn (the CNN alone); default: the model's."},
+    )
+    authors_protocol: Literal["kinetics-sounds", "ucf101", "esc50"] | None = field(
+        default=None,
+        metadata={"help": "The authors' downstream setting (head, modality, segments, loss, learning rates, optimiser, "
+                  "schedule, test views of their Kinetics-Sounds, UCF101 or ESC-50 config); options given explicitly win."},
+    )
 
     def __post_init__(self) -> None:
-        if self.num_temporal_views < 1:
-            raise PemtUsageError(f"--num_temporal_views is {self.num_temporal_views}; it must be 1 or more.")
+        for name in ("num_temporal_views", "num_spatial_crops"):
+            if getattr(self, name) < 1:
+                raise PemtUsageError(f"--{name} is {getattr(self, name)}; it must be 1 or more.")
         if not (self.head_learning_rate > 0 and math.isfinite(self.head_learning_rate)):
             raise PemtUsageError(f"--head_learning_rate is {self.head_learning_rate}; it must be above 0.")
 
@@ -179,11 +196,14 @@ class EvaluationArguments:
 
     model: str = field(metadata={"help": "A fine-tuned model folder (with its processor)."})
     num_temporal_views: int = field(default=1, metadata={"help": "Views per clip whose scores are averaged."})
+    num_spatial_crops: int = field(
+        default=1, metadata={"help": "Spatial views per temporal view (3: left, centre, right; the authors' 10 x 3)."}
+    )
     batch_size: int = field(default=4)
     output_dir: str | None = field(default=None, metadata={"help": "Where results go (default: the model folder)."})
 
     def __post_init__(self) -> None:
-        for name in ("num_temporal_views", "batch_size"):
+        for name in ("num_temporal_views", "num_spatial_crops", "batch_size"):
             if getattr(self, name) < 1:
                 raise PemtUsageError(f"--{name} is {getattr(self, name)}; it must be 1 or more.")
 

@@ -30,8 +30,10 @@ def predict(
     videos: list,
     num_temporal_views: int = 1,
     batch_size: int = 4,
+    num_spatial_crops: int = 1,
 ) -> tuple[torch.Tensor, list[int], list[dict[str, str]]]:
-    """Class probabilities of readable `videos`; returns them, the indices they belong to, and the skipped files."""
+    """Class probabilities of readable `videos` (averaged over `num_temporal_views x num_spatial_crops` views);
+    returns them, the indices they belong to, and the skipped files."""
     model.eval()
     device = next(model.parameters()).device
     scores, kept, skipped = [], [], []
@@ -40,14 +42,17 @@ def predict(
         readable = []
         for index in chunk:
             try:
-                readable.append((index, processor(videos=videos[index], num_temporal_views=num_temporal_views)))
+                features = processor(
+                    videos=videos[index], num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops
+                )
+                readable.append((index, features))
             except MediaDecodeError as err:
                 skipped.append({"source": str(videos[index]), "error": str(err)})
         if not readable:
             continue
         batch = {key: torch.cat([features[key] for _, features in readable]) for key in readable[0][1]}
         logits = model(**{k: v.to(device) for k, v in model.select_inputs(batch).items()}).logits
-        scores.append(model.probabilities(logits, num_temporal_views))
+        scores.append(model.probabilities(logits, num_temporal_views * num_spatial_crops))
         kept.extend(index for index, _ in readable)
     if skipped:
         logger.warning("Skipped %d unreadable clip(s): %s", len(skipped), "; ".join(s["error"] for s in skipped))
@@ -70,13 +75,16 @@ def evaluate_model(
     output_dir: str | Path,
     num_temporal_views: int = 1,
     batch_size: int = 4,
+    num_spatial_crops: int = 1,
 ) -> dict:
     """Runs [`predict`] over a `video`/`label` data set, writes `eval_results.json` (and, for single-label models,
     `confusion_matrix.png`) to `output_dir`, and returns the results."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     multi_label = model.config.problem_type == "multi_label_classification"
-    scores, kept, skipped = predict(model, processor, list(dataset["video"]), num_temporal_views, batch_size)
+    scores, kept, skipped = predict(
+        model, processor, list(dataset["video"]), num_temporal_views, batch_size, num_spatial_crops
+    )
     labels = torch.as_tensor([dataset[i]["label"] for i in kept])
     if multi_label and labels.dim() == 1:
         labels = torch.nn.functional.one_hot(labels, model.config.num_labels)
@@ -84,6 +92,7 @@ def evaluate_model(
         **compute_metrics(scores, labels, multi_label),
         "num_clips": len(kept),
         "num_temporal_views": num_temporal_views,
+        "num_spatial_crops": num_spatial_crops,
         "skipped": skipped,
     }
     if not multi_label:
@@ -125,7 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = load_evaluation_set(data_args)
     model = PemtForAudioVisualClassification.from_pretrained(args.model)
     processor = PemtProcessor.from_pretrained(args.model)
-    results = evaluate_model(model, processor, dataset, args.output_dir or args.model, args.num_temporal_views, args.batch_size)
+    results = evaluate_model(
+        model, processor, dataset, args.output_dir or args.model, args.num_temporal_views, args.batch_size,
+        args.num_spatial_crops,
+    )
     shown = {k: v for k, v in results.items() if k not in ("confusion_matrix", "skipped")}
     print(json.dumps(shown, indent=2))
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from accelerate.utils import set_seed
 
 from ..data.loading import label_names
 from ..hub import TRAINING_ARGS_FILE
+from ..model.configuration_pemt import PemtConfig
 from ..model.modeling_pemt import PemtForAudioVisualClassification
 from ..model.processing_pemt import PemtProcessor
 from ..model_card import write_model_card
 from .arguments import ClassificationArguments, ModelArguments, PemtTrainingArguments, load_model_config, parse_arguments
+from .authors_protocols import apply_protocol, authors_parameter_groups
 from .data_setup import DataArguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
 from .evaluate import compute_metrics, evaluate_model
 from .loop import TrainingLoop, build_accelerator, finish_output_dir, prepare_output_dir
@@ -32,15 +35,18 @@ def parse_finetuning_arguments(
     return parse_arguments("pemt finetune", DESCRIPTION, GROUPS, argv, learning_rate=1e-4, per_device_train_batch_size=5)
 
 
-def load_processor(model_args: ModelArguments) -> PemtProcessor:
-    """The pretrained model's processor, or one built from `--model_config` when training from scratch."""
-    if model_args.model_name_or_path:
+def load_processor(model_args: ModelArguments, model_overrides: dict | None = None) -> PemtProcessor:
+    """The pretrained model's processor, or one built from `--model_config` when training from scratch. With
+    `model_overrides` (a protocol's segments or audio window) it is built from the overridden config."""
+    if model_args.model_name_or_path and not model_overrides:
         return PemtProcessor.from_pretrained(model_args.model_name_or_path)
-    return PemtProcessor.from_model_config(load_model_config(model_args))
+    if model_args.model_name_or_path:
+        return PemtProcessor.from_model_config(PemtConfig.from_pretrained(model_args.model_name_or_path, **model_overrides))
+    return PemtProcessor.from_model_config(load_model_config(model_args, **(model_overrides or {})))
 
 
 def build_model(
-    model_args: ModelArguments, task: ClassificationArguments, id2label: dict[int, str]
+    model_args: ModelArguments, task: ClassificationArguments, id2label: dict[int, str], model_overrides: dict | None = None
 ) -> PemtForAudioVisualClassification:
     """The classifier with its label set: pretrained backbone and fresh heads, or all from scratch."""
     labels = {
@@ -49,7 +55,10 @@ def build_model(
         "label2id": {name: i for i, name in id2label.items()},
         "classifier_modality": task.modality,
         "problem_type": task.problem_type,
+        **(model_overrides or {}),
     }
+    if task.classifier_head:
+        labels["classifier_head"] = task.classifier_head
     if model_args.model_name_or_path:
         return PemtForAudioVisualClassification.from_pretrained(model_args.model_name_or_path, **labels)
     return PemtForAudioVisualClassification(load_model_config(model_args, **labels))
@@ -77,18 +86,28 @@ def evaluate_preprocessed(model: PemtForAudioVisualClassification, accelerator: 
 
 def main(argv: list[str] | None = None) -> dict | None:
     model_args, data_args, args, task = parse_finetuning_arguments(argv)
+    model_overrides = None
+    if task.authors_protocol:
+        # Before the fingerprint: a resumed run must see the same settings.
+        model_overrides = apply_protocol(task.authors_protocol, (args, task), sys.argv[1:] if argv is None else argv)
+        task.modality = model_overrides.get("classifier_modality", task.modality)
     accelerator = build_accelerator(args)
     fingerprint = run_fingerprint(model_args, data_args, args, task)
     set_seed(args.seed)
-    processor = load_processor(model_args)  # a bad config fails here, before the output folder is touched
+    processor = load_processor(model_args, model_overrides)  # a bad config fails here, before the output folder is touched
     prepare_output_dir(accelerator, args, fingerprint)
     train, evaluation, raw_train, raw_eval = preprocess_splits(data_args, args.output_dir, processor, accelerator)
-    model = build_model(model_args, task, label_names(raw_train))
+    model = build_model(model_args, task, label_names(raw_train), model_overrides)
     if task.linear_probe:
         model.freeze_backbone()
-    groups = [{"params": model.head_parameters(), "lr": task.head_learning_rate}]
-    if not task.linear_probe:
-        groups.append({"params": list(model.pemt.parameters()), "lr": args.learning_rate})
+    if task.authors_protocol:
+        groups = authors_parameter_groups(
+            model, task.head_learning_rate, args.learning_rate, args.weight_decay, not task.linear_probe
+        )
+    else:
+        groups = [{"params": model.head_parameters(), "lr": task.head_learning_rate}]
+        if not task.linear_probe:
+            groups.append({"params": list(model.pemt.parameters()), "lr": args.learning_rate})
     multi_label = task.problem_type == "multi_label_classification"
 
     def classification_batch(rows):
@@ -115,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         plot_history(output_dir / HISTORY_FILE, output_dir / "finetuning.png", "PEMT fine-tuning")
         if raw_eval is not None:
             results = evaluate_model(
-                final, processor, raw_eval, output_dir, task.num_temporal_views, args.per_device_eval_batch_size
+                final, processor, raw_eval, output_dir, task.num_temporal_views, args.per_device_eval_batch_size,
+                task.num_spatial_crops,
             )
         dataset_name = data_args.dataset_name or Path(data_args.train_dir or data_args.train_file).name
         card = write_model_card(final, output_dir, dataset_name, all_args, results)

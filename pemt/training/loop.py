@@ -224,7 +224,9 @@ class TrainingLoop:
                 f"{args.per_device_train_batch_size}; lower --per_device_train_batch_size."
             )
         groups = parameter_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+        # Adam (L2 weight decay) is the authors' fine-tuning optimiser; AdamW stays the default.
+        optimizer_class = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
+        optimizer = optimizer_class(groups, lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon)
         self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
         self.max_steps = args.total_steps(len(self.dataloader))
         # Post-LN Transformers diverge or stall without a warm-up at these learning rates; 10% is BERT's convention.
