@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -295,6 +296,24 @@ def test_layer_norms_are_shared_across_modalities_or_private(share_layer_norms):
         after = model(**inputs)
     assert not torch.allclose(before.audio_summary, after.audio_summary)
     assert torch.allclose(before.visual_summary, after.visual_summary) == (not share_layer_norms)
+
+
+def test_a_model_saved_before_share_layer_norms_existed_loads_with_private_layer_norms(tmp_path, tester):
+    model = seeded(PemtModel, PemtModelTester(share_layer_norms=False).config).eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    for field in ("share_layer_norms", "classifier_head", "classifier_dropout", "classifier_layer_norm_eps",
+                  "classifier_loss", "classifier_margin"):
+        saved.pop(field)
+    config_file.write_text(json.dumps(saved))
+    loaded, info = PemtModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert loaded.config.share_layer_norms is False
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = tester.inputs()
+    torch.testing.assert_close(loaded.eval()(**x).multimodal_last_hidden_state, model(**x).multimodal_last_hidden_state, rtol=1e-6, atol=1e-6)
+    # A config saved now keeps its layout.
+    assert PemtConfig.from_dict(PemtConfig().to_dict()).share_layer_norms is True
 
 
 def test_paper_size_transformers_with_shared_layer_norms_have_the_authors_parameter_count():

@@ -295,6 +295,16 @@ class PemtConfig(PreTrainedConfig):
             raise ValueError(f"cnn_chunk_size ({self.cnn_chunk_size}) must be 0 (no chunking) or a positive count.")
 
     @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "PemtConfig":
+        # A config saved before `share_layer_norms` existed (a full dump, so it has `share_modalities`, but none of
+        # the fields added with it) describes a model with private LayerNorms: load it as one, or its saved
+        # per-modality LayerNorms would be dropped as unexpected keys.
+        legacy = "share_modalities" in config_dict and not {"share_layer_norms", "classifier_head"} & config_dict.keys()
+        if legacy and "share_layer_norms" not in kwargs:
+            config_dict = {**config_dict, "share_layer_norms": False}
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
     def from_preset(cls, name_or_path: str | os.PathLike, **overrides) -> "PemtConfig":
         """
         Builds a preset: a name (`"paper"`, `"small"`, `"tiny"`, read from `presets/<name>.json` beside this file) or
