@@ -133,6 +133,15 @@ def test_without_the_authors_config_paper_defaults_apply_and_flags_override(tmp_
     assert not failing, failing
 
 
+def test_private_layer_norms_get_copies_of_the_shared_ones(reference):
+    result = convert_avbert_checkpoint(dict(reference["state_dict"]), authors_config=reference["config"], share_layer_norms=False)
+    layer = result.model.pemt.encoder.shared.layers[0]
+    assert len(layer.attention_norm) == 3
+    torch.testing.assert_close(layer.output_norm[2].weight, layer.output_norm[0].weight, rtol=0, atol=0)
+    failing = {n: d for n, d in compare_with_reference(result.model, reference).items() if d[1] > TOLERANCE}
+    assert not failing, failing
+
+
 # --- negative controls ------------------------------------------------------------------------------------------
 
 

@@ -64,6 +64,23 @@ BATCH_NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batch
 VISUAL_BRANCH = {0: "a", 1: "a_bn", 3: "b", 4: "b_bn", 6: "c", 7: "c_bn"}
 AUDIO_BRANCH = {0: "a", 1: "a_bn", 3: "b", 4: "b_bn", 6: "c", 7: "c_bn"}
 AUDIO_SEPARABLE_BRANCH = {0: "a", 1: "a_bn", 3: "b1", 4: "b1_bn", 6: "b2", 7: "b2_bn", 9: "c", 10: "c_bn"}
+AUDIO_STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
+# pemt's embedding modules -> the authors' (`{m}`: visual or audio).
+MODALITY_EMBEDDINGS = {
+    "projection": "{m}_fc",
+    "projection_norm": "{m}_norm",
+    "position_embeddings": "single_{m}_embeddings.position_embeddings",
+    "norm": "single_{m}_embeddings.LayerNorm",
+}
+MULTIMODAL_EMBEDDINGS = {"position_embeddings": "position_embeddings", "token_type_embeddings": "token_type_embeddings", "norm": "LayerNorm"}
+# pemt's segment head -> the authors' `concat_seq_head` (on the Transformer) and `concat_head` (on the CNNs).
+HEADS = {
+    "segment_poolers.visual": "concat_seq_head.fc1",
+    "segment_poolers.audio": "concat_seq_head.fc2",
+    "norm": "concat_seq_head.ln",
+    "classifier": "concat_seq_head.projection",
+    "cnn_classifier": "concat_head.projection",
+}
 # pemt's factored linear maps -> the authors' `FactorLinear` names.
 FACTORS = {
     "attention.query": "attention.factor_query",
@@ -362,9 +379,6 @@ def authors_sigma(a: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return base.double() @ torch.linalg.matrix_exp(upper - upper.T)
 
 
-Rule = tuple[str, Callable[[re.Match], tuple[str, Callable[[dict], torch.Tensor]] | None]]
-
-
 def _copy(key: str) -> tuple[str, Callable[[dict], torch.Tensor]]:
     return key, lambda sd: sd[key]
 
@@ -410,26 +424,27 @@ def _rules(config: PemtConfig) -> list[tuple[re.Pattern, Callable[[re.Match], tu
         key = "avbert.summary_encoding.bos_embeddings.weight"
         return key, lambda sd: sd[key][row]
 
-    embeddings = {"projection": "{m}_fc", "projection_norm": "{m}_norm", "position_embeddings": "single_{m}_embeddings.position_embeddings", "norm": "single_{m}_embeddings.LayerNorm"}
-    multimodal = {"position_embeddings": "position_embeddings", "token_type_embeddings": "token_type_embeddings", "norm": "LayerNorm"}
-    heads = {"segment_poolers.visual": "concat_seq_head.fc1", "segment_poolers.audio": "concat_seq_head.fc2",
-             "norm": "concat_seq_head.ln", "classifier": "concat_seq_head.projection", "cnn_classifier": "concat_head.projection"}
+    layer = r"pemt\.encoder\.shared\.layers\.0\."
     return [
         (r"pemt\.visual_cnn\.stem\.0\.weight", lambda m: _copy("avbert.visual_conv.s1.pathway0_stem.conv.weight")),
         (r"pemt\.visual_cnn\.stem\.1\.(\w+)", lambda m: _copy(f"avbert.visual_conv.s1.pathway0_stem.bn.{m[1]}")),
         (r"pemt\.visual_cnn\.stages\.(\d+)\.(\d+)\.(branch|shortcut)\.(\d+)\.(\w+)", visual_block),
-        (r"pemt\.audio_cnn\.stem\.(\d)\.(\w+)",
-         lambda m: _copy(f"avbert.audio_conv.s1.stem.{ {'0': 'conv1', '1': 'bn1', '3': 'conv2', '4': 'bn2'}[m[1]] }.{m[2]}")),
+        (r"pemt\.audio_cnn\.stem\.(\d)\.(\w+)", lambda m: _copy(f"avbert.audio_conv.s1.stem.{AUDIO_STEM[m[1]]}.{m[2]}")),
         (r"pemt\.audio_cnn\.stages\.(\d+)\.(\d+)\.(branch|shortcut)\.(\d+)\.(\w+)", audio_block),
         (r"pemt\.(visual|audio)_embeddings\.summary_token", summary),
-        (r"pemt\.(visual|audio)_embeddings\.(projection|projection_norm|position_embeddings|norm)\.(weight|bias)",
-         lambda m: _copy(f"avbert.{embeddings[m[2]].format(m=m[1])}.{m[3]}")),
-        (r"pemt\.multimodal_embeddings\.(\w+)\.(weight|bias)", lambda m: _copy(f"avbert.multi_embeddings.{multimodal[m[1]]}.{m[2]}")),
-        (r"pemt\.encoder\.shared\.layers\.0\.(attention\.query|attention\.key|attention\.value|attention\.output|intermediate|output)\.(.+)", factor),
-        # One LayerNorm pair serves all modalities in the authors' layer; with private LayerNorms each gets a copy.
-        (r"pemt\.encoder\.shared\.layers\.0\.attention_norm\.\d\.(weight|bias)", lambda m: _copy(f"{transformer}.attention.LayerNorm.{m[1]}")),
-        (r"pemt\.encoder\.shared\.layers\.0\.output_norm\.\d\.(weight|bias)", lambda m: _copy(f"{transformer}.full_layer_layer_norm.{m[1]}")),
-        (r"(segment_poolers\.visual|segment_poolers\.audio|norm|classifier|cnn_classifier)\.(weight|bias)", lambda m: _copy(f"{heads[m[1]]}.{m[2]}")),
+        (
+            r"pemt\.(visual|audio)_embeddings\.(projection|projection_norm|position_embeddings|norm)\.(weight|bias)",
+            lambda m: _copy(f"avbert.{MODALITY_EMBEDDINGS[m[2]].format(m=m[1])}.{m[3]}"),
+        ),
+        (
+            r"pemt\.multimodal_embeddings\.(\w+)\.(weight|bias)",
+            lambda m: _copy(f"avbert.multi_embeddings.{MULTIMODAL_EMBEDDINGS[m[1]]}.{m[2]}"),
+        ),
+        (layer + rf"({'|'.join(re.escape(name) for name in FACTORS)})\.(.+)", factor),
+        # One LayerNorm pair serves all modalities in the authors' layer; private LayerNorms each get a copy.
+        (layer + r"attention_norm\.\d\.(weight|bias)", lambda m: _copy(f"{transformer}.attention.LayerNorm.{m[1]}")),
+        (layer + r"output_norm\.\d\.(weight|bias)", lambda m: _copy(f"{transformer}.full_layer_layer_norm.{m[1]}")),
+        (rf"({'|'.join(re.escape(name) for name in HEADS)})\.(weight|bias)", lambda m: _copy(f"{HEADS[m[1]]}.{m[2]}")),
     ]
 
 
