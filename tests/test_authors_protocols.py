@@ -91,6 +91,26 @@ def test_processor_gives_temporal_times_spatial_views_in_clip_view_crop_order(tm
         processor(videos=str(clip), training=True, num_spatial_crops=3)
 
 
+def test_pipeline_averages_over_temporal_and_spatial_views(tmp_path):
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    config = PemtConfig.from_preset("tiny", num_labels=3, classifier_head="segment")
+    model = PemtForAudioVisualClassification(config).eval()
+    processor = PemtProcessor.from_model_config(config)
+    clip = str(write_media(tmp_path / "wide.mp4", seconds=3.0, fps=25, size=(40, 80), sample_rate=16000))
+    ranking = pipeline("audio-visual-classification", model=model, processor=processor)(
+        clip, top_k=3, num_temporal_views=2, num_spatial_crops=3
+    )
+    with torch.no_grad():
+        logits = model(**processor(videos=clip, num_temporal_views=2, num_spatial_crops=3)).logits
+    expected = logits.softmax(-1).mean(0)  # six views of one clip
+    assert [entry["label"] for entry in ranking] == [config.id2label[int(i)] for i in expected.argsort(descending=True)]
+    torch.testing.assert_close(torch.tensor([e["score"] for e in ranking]), expected.sort(descending=True).values)
+    # Negative control: the centre view alone scores differently.
+    assert not torch.allclose(logits[1].softmax(-1), expected, atol=1e-5)
+
+
 def test_authors_parameter_groups_exclude_batch_norm_from_weight_decay():
     torch.manual_seed(0)
     model = PemtForAudioVisualClassification(PemtConfig.from_preset("tiny", num_labels=3, classifier_head="segment"))

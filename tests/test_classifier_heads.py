@@ -127,6 +127,13 @@ def test_cnn_head_uses_the_cnn_alone(modality):
     assert all(p.grad is not None for p in cnn.parameters())
 
 
+def test_cnn_head_transformers_stay_frozen_after_loading(tmp_path):
+    build(classifier_head="cnn", classifier_modality="visual").save_pretrained(tmp_path)
+    loaded = PemtForAudioVisualClassification.from_pretrained(tmp_path).train()
+    assert not any(p.requires_grad for p in loaded.pemt.encoder.parameters())
+    assert all(p.requires_grad for p in loaded.pemt.visual_cnn.parameters())
+
+
 def test_multi_margin_loss_is_torchs_with_the_authors_margin():
     model = build(classifier_head="cnn", classifier_modality="audio", classifier_loss="multi_margin").eval()
     x, labels = model.select_inputs(inputs()), torch.tensor([2, 0, 1])

@@ -464,10 +464,15 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         cnn_dim = sum(getattr(config, f"{name}_embedding_dim") for name in self.modalities)
         self.cnn_classifier = nn.Linear(cnn_dim, config.num_labels)
         self.post_init()
-        if head == "cnn":
-            # Only the CNNs feed this head; frozen, the unused Transformer weights cost no optimiser state and
-            # do not trip distributed training's unused-parameter check.
-            for part in (self.pemt.encoder, self.pemt.visual_embeddings, self.pemt.audio_embeddings, self.pemt.multimodal_embeddings):
+        self._freeze_unused_parts()
+
+    def _freeze_unused_parts(self) -> None:
+        """With the CNN-only head, the Transformers and their embeddings never run: frozen, they cost no optimiser
+        state and do not trip distributed training's unused-parameter check. Called again by `train()`, because
+        `from_pretrained` replaces the parameters after `__init__` (and ends with `eval()`)."""
+        if self.config.classifier_head == "cnn":
+            backbone = self.pemt
+            for part in (backbone.encoder, backbone.visual_embeddings, backbone.audio_embeddings, backbone.multimodal_embeddings):
                 part.requires_grad_(False)
 
     def forward(
@@ -571,6 +576,7 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
 
     def train(self, mode: bool = True) -> PemtForAudioVisualClassification:
         super().train(mode)
+        self._freeze_unused_parts()
         if getattr(self, "_backbone_frozen", False):
             self.pemt.eval()
         return self
