@@ -79,6 +79,14 @@ def test_fine_tuned_checkpoint_reproduces_every_output_of_the_authors(tmp_path, 
     result = convert_avbert_checkpoint(checkpoint, tmp_path / "converted", authors_yaml)
     assert result.kind == "classifier" and isinstance(result.model, PemtForAudioVisualClassification)
     assert result.ignored_keys == []
+    # The processor follows their DATA section: 3 segments of 8 frames, every 2nd at 30 fps, 48-pixel test crops of
+    # a 48-pixel short side, 32 mel bins x 48 frames of a window n_fft = 2 * (floor(samples / 48) + 1).
+    video, audio = result.processor.video_processor, result.processor.feature_extractor
+    assert result.processor.num_segments == 3
+    assert (video.frames_per_segment, video.frame_stride, video.video_fps) == (8, 2, 30.0)
+    assert (video.eval_short_side, video.eval_crop_size, video.train_crop_size) == (48, 48, 48)
+    samples = 44100 * 8 * 2 // 30
+    assert (audio.num_mel_bins, audio.audio_frames, audio.n_fft, audio.hop_length) == (32, 48, 2 * (samples // 48 + 1), samples // 48 + 1)
     assert result.dropped_caches == 4 * 18  # 6 factors x 3 modalities, under each of the four Transformer names
     differences = compare_with_reference(result.model, reference)
     assert len(differences) == len(reference["outputs"]) + 1  # every output, and the clip probability
