@@ -24,8 +24,8 @@ def inputs(seed: int = 0, batch: int = 3) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.randn(batch, c.num_segments, 3, c.frames_per_segment, c.eval_crop_size, c.eval_crop_size, generator=g),
         "audio_values": torch.randn(batch, c.num_segments, 1, c.num_mel_bins, c.audio_frames, generator=g),
-        "pixel_mask": mask,
-        "audio_mask": mask.clone(),
+        "visual_segment_mask": mask,
+        "audio_segment_mask": mask.clone(),
     }
 
 
@@ -43,14 +43,14 @@ def test_segment_head_scores_every_segment_from_summary_and_segment_outputs():
     with torch.no_grad():
         output = model(**x)
     hidden = output.model_output.multimodal_last_hidden_state
-    t = x["pixel_mask"].shape[1]
+    t = x["visual_segment_mask"].shape[1]
     # By hand: [BOS_v; h_t^v] and [BOS_a; h_t^a] from the multimodal output, summed projections, LayerNorm, linear.
     visual = torch.cat([hidden[:, :1].expand(-1, t, -1), hidden[:, 1 : 1 + t]], dim=-1)
     audio = torch.cat([hidden[:, 1 + t : 2 + t].expand(-1, t, -1), hidden[:, 2 + t :]], dim=-1)
     pooled = visual @ model.segment_poolers["visual"].weight.T + audio @ model.segment_poolers["audio"].weight.T
     expected = model.classifier(F.layer_norm(pooled, pooled.shape[-1:], model.norm.weight, model.norm.bias, eps=1e-5))
     torch.testing.assert_close(output.segment_logits, expected)
-    cnn = torch.cat([output.model_output.visual_embeddings, output.model_output.audio_embeddings], dim=-1)
+    cnn = torch.cat([output.model_output.visual_cnn_embeddings, output.model_output.audio_cnn_embeddings], dim=-1)
     torch.testing.assert_close(output.cnn_segment_logits, model.cnn_classifier(cnn))
 
 
@@ -73,7 +73,7 @@ def test_segment_head_loss_sums_per_segment_cross_entropies_with_labels_repeated
     model = build(classifier_head="segment").eval()  # eval: no dropout, so the loss can be recomputed
     x, labels = inputs(), torch.tensor([2, 0, 1])
     output = model(**x, labels=labels)
-    real = x["pixel_mask"].bool()
+    real = x["visual_segment_mask"].bool()
     repeated = labels[:, None].expand_as(real)[real]
     expected = F.cross_entropy(output.segment_logits[real], repeated) + F.cross_entropy(output.cnn_segment_logits[real], repeated)
     torch.testing.assert_close(output.loss, expected)
@@ -116,7 +116,7 @@ def test_cnn_head_uses_the_cnn_alone(modality):
     output = model(**x, labels=torch.tensor([0, 1, 2]))
     assert not calls, "the Transformers must not run"
     embed = model.pemt.embed_visual if modality == "visual" else model.pemt.embed_audio
-    values, mask = (x["pixel_values"], x["pixel_mask"]) if modality == "visual" else (x["audio_values"], x["audio_mask"])
+    values, mask = (x["pixel_values"], x["visual_segment_mask"]) if modality == "visual" else (x["audio_values"], x["audio_segment_mask"])
     embeddings = embed(values, mask)
     features = (embeddings * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     torch.testing.assert_close(output.logits, model.cnn_classifier(features))

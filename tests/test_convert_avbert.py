@@ -111,8 +111,8 @@ def test_pretrained_checkpoint_gives_the_backbone_and_lists_the_unknown_heads(tm
     with torch.no_grad():
         output = result.model(pixel_values=inputs["visual_seq"], audio_values=inputs["audio_seq"])
     pairs = {
-        "visual_cnn_embeddings": output.visual_embeddings,
-        "audio_cnn_embeddings": output.audio_embeddings,
+        "visual_cnn_embeddings": output.visual_cnn_embeddings,
+        "audio_cnn_embeddings": output.audio_cnn_embeddings,
         "visual_sequence_output": output.visual_last_hidden_state,
         "audio_sequence_output": output.audio_last_hidden_state,
         "multimodal_sequence_output": output.multimodal_last_hidden_state,

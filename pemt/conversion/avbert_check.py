@@ -59,8 +59,8 @@ def pemt_reference_outputs(
     result = {
         "visual_cnn_feature_map": captured["visual_cnn"][0],
         "audio_cnn_feature_map": captured["audio_cnn"][0],
-        "visual_cnn_embeddings": backbone_output.visual_embeddings,
-        "audio_cnn_embeddings": backbone_output.audio_embeddings,
+        "visual_cnn_embeddings": backbone_output.visual_cnn_embeddings,
+        "audio_cnn_embeddings": backbone_output.audio_cnn_embeddings,
         "visual_projected": captured["projected"][0],
         "audio_projected": captured["projected"][1],
     }
