@@ -560,9 +560,14 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         labels: torch.Tensor | None,
     ) -> PemtClassifierOutput:
         """The CNN alone (the authors' single-modality settings): mean CNN embedding over real segments -> linear."""
-        embed = {"visual": lambda: self.pemt.embed_visual(pixel_values, masks["visual"]),
-                 "audio": lambda: self.pemt.embed_audio(audio_values, masks["audio"])}
-        features = torch.cat([masked_mean(embed[name](), masks[name]) for name in self.modalities], dim=-1)
+        pooled = []
+        for name in self.modalities:
+            if name == "visual":
+                embeddings = self.pemt.embed_visual(pixel_values, masks["visual"])
+            else:
+                embeddings = self.pemt.embed_audio(audio_values, masks["audio"])
+            pooled.append(masked_mean(embeddings, masks[name]))
+        features = torch.cat(pooled, dim=-1)
         logits = self.cnn_classifier(self.dropout(features))
         loss = self.compute_loss(logits, labels) if labels is not None else None
         return PemtClassifierOutput(loss=loss, logits=logits)
