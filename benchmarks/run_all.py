@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 # that oversubscribe the cores made the same step swing by 3x or more.
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_parameters", []),
+    ("bench_avbert_equivalence", []),
     ("bench_processor", []),
     ("bench_transformers", ["--threads", "1"]),
     ("bench_finetune_step", ["--clips", "1", "--segments", "2", "--chunk_size", "1", "--threads", "1"]),
