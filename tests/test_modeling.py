@@ -309,6 +309,8 @@ def test_a_model_saved_before_share_layer_norms_existed_loads_with_private_layer
     config_file.write_text(json.dumps(saved))
     loaded, info = PemtModel.from_pretrained(tmp_path, output_loading_info=True)
     assert loaded.config.share_layer_norms is False
+    # Also when other new fields are passed as overrides (as `pemt finetune --authors_protocol` does).
+    assert PemtConfig.from_pretrained(tmp_path, classifier_head="segment").share_layer_norms is False
     assert not info["missing_keys"] and not info["unexpected_keys"]
     x = tester.inputs()
     torch.testing.assert_close(loaded.eval()(**x).multimodal_last_hidden_state, model(**x).multimodal_last_hidden_state, rtol=1e-6, atol=1e-6)
