@@ -352,6 +352,9 @@ def build_config(
                     f"{source}: the authors' config gives {name}={fields[name]} but the weights have {value}."
                 )
     fields.update(inferred)
+    if not any(k.startswith(FINETUNING_HEADS) for k in state_dict):
+        # A backbone has no classes: the YAML's NUM_CLASSES belongs to a head that is not there.
+        fields.pop("num_labels", None)
     fields.update(_audio_window(fields))
     fields.update(
         share_layers=True, share_modalities=True, share_layer_norms=True, classifier_head="segment",
