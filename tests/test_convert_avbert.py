@@ -9,12 +9,15 @@ authors' repository. Each test writes it into one of their two checkpoint contai
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from hub_server import hub_server  # noqa: F401  (a fixture)
+from hub_server import hub_env, hub_server  # noqa: F401  (hub_server is a fixture)
 from media_fixtures import write_media
 
 from pemt import PemtForAudioVisualClassification, PemtModel
@@ -276,6 +279,26 @@ def test_converted_model_saves_reloads_and_classifies_a_clip(tmp_path, reference
     remote = PemtForAudioVisualClassification.from_pretrained("tester/avbert-tiny").eval()
     with torch.no_grad():
         torch.testing.assert_close(remote(**inputs).logits, output.logits, rtol=1e-6, atol=1e-6)
+    # And where pemt is not installed: the repository's own code (with the segment head) gives the same scores.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pemt"] = None
+        from transformers import pipeline
+        ranking = pipeline("audio-visual-classification", model="tester/avbert-tiny", trust_remote_code=True)(sys.argv[1], top_k=3)
+        print(json.dumps(ranking))
+        """
+    ).replace("import sys", "import json, sys", 1)
+    run = subprocess.run(
+        [sys.executable, "-c", script, clip], capture_output=True, text=True, env=hub_env(hub_server, tmp_path / "hf"),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote_ranking = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [e["label"] for e in remote_ranking] == [e["label"] for e in ranking]
+    torch.testing.assert_close(
+        torch.tensor([e["score"] for e in remote_ranking]), torch.tensor([e["score"] for e in ranking]), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_cli_check_prints_the_differences(tmp_path, reference, authors_yaml, capsys):
