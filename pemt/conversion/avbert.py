@@ -305,9 +305,10 @@ def from_authors_config(config: dict[str, dict], source: str = "authors' config"
         fields["spec_augment_ratio"] = _float(data["FREQUENCY_MASK_RATE"])
 
     model = config.get("MODEL", {})
-    if model.get("TASK", "MultimodalSequenceClassify") != "MultimodalSequenceClassify":
+    if model.get("TASK") in ("VisualClassify", "AudioClassify"):
+        # Their CNN-only models hold no AVBERT (no `avbert.` keys); a pretraining config's task is fine.
         raise AvbertConversionError(
-            f"{source}: MODEL.TASK {model['TASK']!r}: only MultimodalSequenceClassify (audio-visual AVBERT) converts."
+            f"{source}: MODEL.TASK {model['TASK']!r} is a CNN-only model; only AVBERT checkpoints convert."
         )
     if "NUM_CLASSES" in model:
         fields["num_labels"] = int(model["NUM_CLASSES"])
