@@ -154,6 +154,7 @@ def test_finetune_with_an_authors_protocol(tmp_path, demo_data, preprocessing_ca
     assert results["num_temporal_views"] == 2 and results["num_spatial_crops"] == preset["args"]["num_spatial_crops"]
     args = json.loads((tmp_path / "training_args.json").read_text())
     assert args["optimizer"] == "adam" and args["adam_epsilon"] == 1e-6 and args["weight_decay"] == 5e-6
+    assert args["warmup_steps"] == 0 and args["lr_scheduler_type"] == preset["args"]["lr_scheduler_type"]
     assert args["head_learning_rate"] == preset["args"]["head_learning_rate"]
     processor = PemtProcessor.from_pretrained(tmp_path)
     assert processor.num_segments == model.config.num_segments

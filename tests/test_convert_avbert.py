@@ -312,8 +312,12 @@ def test_cli_check_prints_the_differences(tmp_path, reference, authors_yaml, cap
     assert all(float(row[3]) <= TOLERANCE for row in rows)
 
 
-def test_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
+def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     bad = tmp_path / "notes.pt"
     torch.save({"weights": {"x": torch.zeros(1)}}, bad)
-    with pytest.raises(SystemExit, match=f"pemt convert-avbert: {bad}: no AVBERT weights found"):
+    with pytest.raises(SystemExit) as exited:
         cli_main(["convert-avbert", str(bad), str(tmp_path / "out")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"pemt convert-avbert: error: {bad}: no AVBERT weights found") and "Traceback" not in error
+    assert not (tmp_path / "out").exists()

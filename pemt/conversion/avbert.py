@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..errors import PemtUsageError
 from ..model.configuration_pemt import PemtConfig
 from ..model.modeling_pemt import PemtForAudioVisualClassification, PemtModel
 from ..model.processing_pemt import PemtProcessor
@@ -94,8 +95,9 @@ FACTORS = {
 RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-class AvbertConversionError(ValueError):
-    """The checkpoint (or its config) cannot become a pemt model; the message names the file, key and problem."""
+class AvbertConversionError(PemtUsageError):
+    """The checkpoint (or its config) cannot become a pemt model; the message names the file, key and problem.
+    Raised before anything is written; `pemt convert-avbert` prints it as one line and exits with status 2."""
 
 
 @dataclass
