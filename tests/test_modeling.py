@@ -411,7 +411,9 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, tester, cls):
         x = tester.inputs()
         first, second = model(**x), loaded.eval()(**x)
         key = "logits" if cls is PemtForAudioVisualClassification else "multimodal_last_hidden_state"
-        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+        # The weights are bit-identical (above); the outputs agree to float32 rounding: with one thread, oneDNN picks
+        # its kernels by the alignment of the storage, which differs between a fresh and a loaded tensor.
+        torch.testing.assert_close(first[key], second[key], rtol=1e-6, atol=1e-6)
 
 
 def test_automodel_in_a_fresh_process_gives_identical_outputs(tmp_path, tester):
