@@ -47,11 +47,22 @@ def classify(argv: list[str]) -> list:
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--num_temporal_views", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--trust_remote_code", action="store_true", help="Needed for Hub ids loaded through their own code.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true",
+        help="Run the repository's own copy of the code instead of the installed pemt's (not needed for pemt models).",
+    )
     args = parser.parse_args(argv)
     from transformers import pipeline
 
-    classifier = pipeline("audio-visual-classification", model=args.model, trust_remote_code=args.trust_remote_code)
+    from .model.pipeline_pemt import AudioVisualClassificationPipeline
+
+    # pemt is installed (this command is part of it), so its own pipeline class serves; transformers otherwise asks
+    # for trust_remote_code because a pushed model's config names the pipeline's copy in the repository.
+    pipeline_class = None if args.trust_remote_code else AudioVisualClassificationPipeline
+    classifier = pipeline(
+        "audio-visual-classification", model=args.model, trust_remote_code=args.trust_remote_code,
+        pipeline_class=pipeline_class,
+    )
     results = classifier(args.videos, top_k=args.top_k, num_temporal_views=args.num_temporal_views, batch_size=args.batch_size)
     for video, ranking in zip(args.videos, results):
         print(video)
