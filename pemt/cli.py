@@ -76,10 +76,13 @@ def push(argv: list[str]) -> str:
     parser.add_argument("model_dir")
     parser.add_argument("repo_id")
     parser.add_argument("--private", action="store_true")
+    parser.add_argument("--license", default="apache-2.0", help="License of the weights (a Hub license id).")
+    parser.add_argument("--base_model", default=None, help="Hub id of the pretrained model fine-tuned from, when the "
+                        "training arguments name a local folder.")
     args = parser.parse_args(argv)
     from .hub import push_to_hub
 
-    url = push_to_hub(args.model_dir, args.repo_id, private=args.private)
+    url = push_to_hub(args.model_dir, args.repo_id, private=args.private, license=args.license, base_model=args.base_model)
     print(url)
     return url
 

@@ -520,6 +520,15 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         loss = self.compute_loss(logits, labels) if labels is not None else None
         return PemtClassifierOutput(loss=loss, logits=logits, hidden_states=output.hidden_states, attentions=output.attentions)
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """As [`PreTrainedModel.save_pretrained`]; where the config carries an `auto_map` (remote code), it also maps
+        `AutoModel` to the backbone, so that `AutoModel.from_pretrained(repo, trust_remote_code=True)` loads it."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        auto_map = getattr(self.config, "auto_map", None)
+        if auto_map and "AutoModel" not in auto_map:
+            auto_map["AutoModel"] = f"{PemtModel.__module__.rsplit('.', 1)[-1]}.PemtModel"
+            self.config.save_pretrained(save_directory)
+
     def freeze_backbone(self) -> None:
         """Linear evaluation: only the heads train. The backbone also stays in eval mode, so that BatchNorm keeps the
         statistics it was pretrained with."""
