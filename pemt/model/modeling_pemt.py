@@ -277,6 +277,8 @@ class PemtPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # `transformers.initialization` functions skip tensors already loaded from a checkpoint.
         std = self.config.initializer_range
+        if isinstance(module, PemtSharedLinear):
+            return  # a linear layer by type only: its parts are initialised as the modules they are
         if isinstance(module, nn.Linear):
             if not parametrize.is_parametrized(module, "weight"):
                 init.normal_(module.weight, mean=0.0, std=std * getattr(module, "init_std_scale", 1.0))

@@ -28,7 +28,7 @@ VISUAL, AUDIO, MULTIMODAL = 0, 1, 2
 MODALITY_NAMES = ("visual", "audio", "multimodal")
 
 
-class PemtSharedLinear(nn.Module):
+class PemtSharedLinear(nn.Linear):
     r"""
     A linear map `in_features -> out_features` used by `num_modalities` modalities.
 
@@ -36,10 +36,16 @@ class PemtSharedLinear(nn.Module):
     `V_g` (no bias) and the orthogonal `Sigma_g` are private to modality `g`, `U` (with bias) is shared. The L2
     normalisation keeps the private factors on a common scale so one `U` can serve them all, and orthogonality
     keeps `Sigma_g` a pure rotation of that normalised code.
+
+    It is an `nn.Linear` by type (with `in_features`, `out_features`, and `weight` / `bias` naming the shared matrix
+    U, or the whole matrix) but holds no parameters of its own: adapter libraries that wrap linear layers by type, as
+    PEFT's LoRA does for `target_modules=["query", "value"]`, then wrap it whole and add their update to its output,
+    for every modality alike.
     """
 
     def __init__(self, in_features: int, out_features: int, num_modalities: int, low_rank_dim: int):
-        super().__init__()
+        nn.Module.__init__(self)  # not nn.Linear's: the parameters are the parts below
+        self.in_features, self.out_features = in_features, out_features
         self.low_rank_dim = low_rank_dim
         if low_rank_dim == 0:
             self.dense = nn.Linear(in_features, out_features)
@@ -53,6 +59,15 @@ class PemtSharedLinear(nn.Module):
         # post-LN residual and the outputs would hardly depend on the input. `_init_weights` scales U's std by this
         # factor so that the factored map starts at the scale of the matrix it replaces.
         self.shared_up.init_std_scale = in_features**0.5
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The shared matrix: U, or the whole matrix without the decomposition."""
+        return self.dense.weight if self.low_rank_dim == 0 else self.shared_up.weight
+
+    @property
+    def bias(self) -> nn.Parameter:
+        return self.dense.bias if self.low_rank_dim == 0 else self.shared_up.bias
 
     def forward(self, hidden_states: torch.Tensor, modality: int) -> torch.Tensor:
         if self.low_rank_dim == 0:
