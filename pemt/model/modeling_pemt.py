@@ -431,6 +431,10 @@ class PemtModel(PemtPreTrainedModel):
     def _run_transformer(
         self, tokens: torch.Tensor, key_mask: torch.Tensor, modality: int, output_attentions: bool, output_hidden_states: bool
     ) -> dict[str, torch.Tensor | tuple]:
+        # Hidden states and attentions are collected by the layer stack rather than by transformers' output-recording
+        # hooks (`capture_outputs` / `OutputRecorder`): those keep one list per output for a whole forward, while PEMT
+        # runs three Transformers through the same (shared) layer objects and reports each one's outputs apart; the
+        # hooks would interleave the three and record an initial hidden state for the first only.
         hidden, all_hidden, all_attentions = self.encoder(tokens, key_mask, modality, output_attentions, output_hidden_states)
         name = MODALITY_NAMES[modality]
         fields = {f"{name}_last_hidden_state": hidden, f"{name}_hidden_states": all_hidden, f"{name}_attentions": all_attentions}
