@@ -16,11 +16,12 @@ TEMPLATE = Path(__file__).with_name("model_card_template.md")
 # The Hub's task for video classifiers; PEMT's own pipeline name ("audio-visual-classification") is not a Hub task.
 PIPELINE_TAG = "video-classification"
 DEFAULT_LICENSE = "apache-2.0"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+# `owner/name` only: a bare name is more often a local folder's name (the demo's "data") than a legacy canonical repo.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def hub_id(value: object) -> str | None:
-    """`value` when it reads as a Hub repository id (`name` or `owner/name`) and is not a local path, else `None`."""
+    """`value` when it reads as a Hub repository id (`owner/name`) and is not a local path, else `None`."""
     if not isinstance(value, str) or not _REPO_ID.match(value) or value.endswith((".", "-")):
         return None
     return None if os.path.exists(value) else value

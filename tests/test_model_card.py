@@ -70,6 +70,7 @@ def test_local_base_model_and_data_are_not_listed_as_hub_ids(tmp_path):
     assert card.data.eval_results[0].dataset_type == "local"
     assert str(tmp_path) not in (staged / "README.md").read_text()
     assert hub_id(str(pretrained)) is None and hub_id("owner/name") == "owner/name" and hub_id("../x") is None
+    assert hub_id("data") is None, "a bare folder name is not listed as a Hub data set"
     assert public_training_arguments({"a": str(data_dir), "b": 2, "c": None, "d": "./rel"}) == {"b": 2}
 
 
