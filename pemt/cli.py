@@ -51,11 +51,22 @@ def classify(argv: list[str]) -> list:
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--num_temporal_views", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--trust_remote_code", action="store_true", help="Needed for Hub ids loaded through their own code.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true",
+        help="Run the repository's own copy of the code instead of the installed pemt's (not needed for pemt models).",
+    )
     args = parser.parse_args(argv)
     from transformers import pipeline
 
-    classifier = pipeline("audio-visual-classification", model=args.model, trust_remote_code=args.trust_remote_code)
+    from .model.pipeline_pemt import AudioVisualClassificationPipeline
+
+    # pemt is installed (this command is part of it), so its own pipeline class serves; transformers otherwise asks
+    # for trust_remote_code because a pushed model's config names the pipeline's copy in the repository.
+    pipeline_class = None if args.trust_remote_code else AudioVisualClassificationPipeline
+    classifier = pipeline(
+        "audio-visual-classification", model=args.model, trust_remote_code=args.trust_remote_code,
+        pipeline_class=pipeline_class,
+    )
     results = classifier(args.videos, top_k=args.top_k, num_temporal_views=args.num_temporal_views, batch_size=args.batch_size)
     for video, ranking in zip(args.videos, results):
         print(video)
@@ -69,10 +80,13 @@ def push(argv: list[str]) -> str:
     parser.add_argument("model_dir")
     parser.add_argument("repo_id")
     parser.add_argument("--private", action="store_true")
+    parser.add_argument("--license", default="apache-2.0", help="License of the weights (a Hub license id).")
+    parser.add_argument("--base_model", default=None, help="Hub id of the pretrained model fine-tuned from, when the "
+                        "training arguments name a local folder.")
     args = parser.parse_args(argv)
     from .hub import push_to_hub
 
-    url = push_to_hub(args.model_dir, args.repo_id, private=args.private)
+    url = push_to_hub(args.model_dir, args.repo_id, private=args.private, license=args.license, base_model=args.base_model)
     print(url)
     return url
 

@@ -42,7 +42,8 @@ def test_segment_head_scores_every_segment_from_summary_and_segment_outputs():
     x = inputs()
     with torch.no_grad():
         output = model(**x)
-    hidden = output.model_output.multimodal_last_hidden_state
+        backbone = model.pemt(**x)
+    hidden = backbone.multimodal_last_hidden_state
     t = x["visual_segment_mask"].shape[1]
     # By hand: [BOS_v; h_t^v] and [BOS_a; h_t^a] from the multimodal output, summed projections, LayerNorm, linear.
     visual = torch.cat([hidden[:, :1].expand(-1, t, -1), hidden[:, 1 : 1 + t]], dim=-1)
@@ -50,7 +51,7 @@ def test_segment_head_scores_every_segment_from_summary_and_segment_outputs():
     pooled = visual @ model.segment_poolers["visual"].weight.T + audio @ model.segment_poolers["audio"].weight.T
     expected = model.classifier(F.layer_norm(pooled, pooled.shape[-1:], model.norm.weight, model.norm.bias, eps=1e-5))
     torch.testing.assert_close(output.segment_logits, expected)
-    cnn = torch.cat([output.model_output.visual_cnn_embeddings, output.model_output.audio_cnn_embeddings], dim=-1)
+    cnn = torch.cat([backbone.visual_cnn_embeddings, backbone.audio_cnn_embeddings], dim=-1)
     torch.testing.assert_close(output.cnn_segment_logits, model.cnn_classifier(cnn))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from sklearn.metrics import average_precision_score, top_k_accuracy_score
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
@@ -51,8 +52,9 @@ def test_finetuning_a_pretrained_tiny_model_learns_the_demo_classes(
     for name in ("model.safetensors", "config.json", "processor_config.json", "README.md", "confusion_matrix.png",
                  "finetuning.png", "training_args.json"):
         assert (tmp_path / name).exists(), name
-    card = (tmp_path / "README.md").read_text()
-    assert "pipeline_tag: audio-visual-classification" in card and f"value: {results['top1_accuracy']:.4f}" in card
+    card = ModelCard.load(tmp_path / "README.md").data
+    assert card.pipeline_tag == "video-classification"
+    assert card.eval_results[0].metric_value == round(results["top1_accuracy"], 4)
     model = PemtForAudioVisualClassification.from_pretrained(tmp_path)
     assert model.config.id2label[0] == "checker_chirp" and model.config.num_labels == 4
 

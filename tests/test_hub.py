@@ -81,7 +81,7 @@ def test_pushed_classifier_loads_without_pemt_online_and_offline(hub_server, tmp
     assert {"model.safetensors", "config.json", "processor_config.json", "modeling_pemt.py", "pipeline_pemt.py",
             "README.md"} <= files
     card = open(hf_hub_download("tester/pemt-tiny", "README.md")).read()
-    assert "pipeline_tag: audio-visual-classification" in card and "tester/pemt-tiny" in card
+    assert "pipeline_tag: video-classification" in card and "tester/pemt-tiny" in card
 
 
 def test_direct_push_to_hub_loads_model_and_processor(hub_server, tmp_path):  # noqa: F811

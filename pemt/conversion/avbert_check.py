@@ -41,6 +41,8 @@ def pemt_reference_outputs(
         backbone.visual_embeddings.projection_norm.register_forward_hook(lambda m, a, out: captured["projected"].append(out)),
         backbone.audio_embeddings.projection_norm.register_forward_hook(lambda m, a, out: captured["projected"].append(out)),
         model.norm.register_forward_pre_hook(lambda m, args: captured["pre_ln"].append(args[0])),
+        # The classifier returns its own outputs only; the backbone's come from its forward.
+        backbone.register_forward_hook(lambda m, a, out: captured.setdefault("backbone", []).append(out)),
     ]
     # Layers run visual, audio, then multimodal; every LayerNorm after attention records in that order.
     for stack in (backbone.encoder.shared,) if backbone.config.share_modalities else backbone.encoder.per_modality:
@@ -52,7 +54,7 @@ def pemt_reference_outputs(
     finally:
         for hook in hooks:
             hook.remove()
-    backbone_output = output.model_output
+    backbone_output = captured["backbone"][0]
     batch, length = pixel_values.shape[:2]
     depth = backbone.config.num_hidden_layers
     rows = batch * length

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .cnn_pemt import PemtAudioCNN, PemtVisualCNN, run_cnn_over_segments
 from .configuration_pemt import PemtConfig
@@ -30,7 +31,7 @@ from .heads_pemt import (
     segment_pairs,
 )
 from .objectives import mask_segments, mep_loss, swap_audio
-from .sharing import AUDIO, MODALITY_NAMES, MULTIMODAL, VISUAL, PemtEncoder, PemtSharedLinear, sigma_cache
+from .sharing import AUDIO, MODALITY_NAMES, MULTIMODAL, VISUAL, PemtEncoder, PemtOrthogonal, PemtSharedLinear, random_rotation_generator, sigma_cache
 
 logger = logging.get_logger(__name__)
 
@@ -45,7 +46,17 @@ class PemtModelOutput(ModelOutput):
     Output of [`PemtModel`]. Sequences are `[summary, segment_1, ..., segment_T]` per modality; the multimodal
     sequence is the visual one followed by the audio one. A field is `None` when its modality was not given.
 
+    The standard fields describe the model's final Transformer: the multimodal one when both modalities are given,
+    otherwise the Transformer of the one modality given. They are the same tensors as the per-modality fields of
+    that Transformer, so code written for any `transformers` encoder reads the model's final output.
+
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Output of the final Transformer: `multimodal_last_hidden_state` (length `2 + 2 * num_segments`) when both
+            modalities are given, else that modality's `*_last_hidden_state` (length `1 + num_segments`).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Final Transformer output at its summary token; with both modalities, the mean of the multimodal output at
+            the visual and the audio summary token.
         visual_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, visual_embedding_dim)`):
             Pooled visual CNN output per segment (zeros at masked segments).
         audio_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, audio_embedding_dim)`):
@@ -62,13 +73,20 @@ class PemtModelOutput(ModelOutput):
             Audio Transformer output at the summary (BOS) token.
         multimodal_summary (`torch.FloatTensor` of shape `(batch_size, 2, hidden_size)`):
             Multimodal Transformer outputs at the visual and the audio summary tokens.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The final Transformer's input to its first layer and output of every layer, when
+            `output_hidden_states=True`.
         visual_hidden_states, audio_hidden_states, multimodal_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            Input of the first layer and output of every layer of each Transformer, when `output_hidden_states=True`.
+            The same for each Transformer.
         visual_attentions, audio_attentions, multimodal_attentions (`tuple(torch.FloatTensor)`, *optional*):
-            Attention probabilities `(batch_size, num_heads, seq_len, seq_len)` of every layer, when
-            `output_attentions=True`.
+            Attention probabilities `(batch_size, num_heads, seq_len, seq_len)` of every layer of each Transformer,
+            when `output_attentions=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The final Transformer's attention probabilities.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     visual_cnn_embeddings: torch.FloatTensor | None = None
     audio_cnn_embeddings: torch.FloatTensor | None = None
     visual_last_hidden_state: torch.FloatTensor | None = None
@@ -77,12 +95,14 @@ class PemtModelOutput(ModelOutput):
     visual_summary: torch.FloatTensor | None = None
     audio_summary: torch.FloatTensor | None = None
     multimodal_summary: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     audio_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     multimodal_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     visual_attentions: tuple[torch.FloatTensor, ...] | None = None
     audio_attentions: tuple[torch.FloatTensor, ...] | None = None
     multimodal_attentions: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -92,12 +112,16 @@ class PemtClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Cross-entropy (single-label) or binary cross-entropy (multi-label), when `labels` are given.
+            Cross-entropy (single-label), binary cross-entropy (multi-label) or mean squared error (regression), when
+            `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Clip head: sum of the Transformer head's and the CNN head's scores. Segment head: the log of the clip
             probability (mean over segments and both heads of their softmaxes), so that `logits.softmax(-1)` is it.
-        model_output ([`PemtModelOutput`]):
-            The backbone's output (`None` for the CNN-only head).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Hidden states of the Transformer the head reads (see [`PemtModelOutput.hidden_states`]), when
+            `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Its attention probabilities, when `output_attentions=True`.
         segment_logits (`torch.FloatTensor` of shape `(batch_size, num_segments, num_labels)`, *optional*):
             Segment head only: the Transformer head's score of every segment.
         cnn_segment_logits (`torch.FloatTensor` of shape `(batch_size, num_segments, num_labels)`, *optional*):
@@ -106,10 +130,10 @@ class PemtClassifierOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    model_output: PemtModelOutput | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     segment_logits: torch.FloatTensor | None = None
     cnn_segment_logits: torch.FloatTensor | None = None
-
 
 
 def eager_attention_forward(
@@ -126,7 +150,9 @@ def eager_attention_forward(
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=module.training)
+    # Softmax in float32: in half precision the exponentials of a long row lose the small probabilities.
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2), probs
 
 
@@ -156,12 +182,11 @@ class PemtAttention(nn.Module):
         q, k, v = (
             proj(hidden_states, modality).view(shape).transpose(1, 2) for proj in (self.query, self.key, self.value)
         )
-        attention_interface: Callable = eager_attention_forward
-        implementation = self.config._attn_implementation
-        if output_attentions and implementation != "eager":
+        implementation = self.config._attn_implementation or "eager"
+        if output_attentions and implementation not in (None, "eager"):
             logger.warning_once("output_attentions=True needs the eager attention; falling back to it for this call.")
-        elif implementation not in (None, "eager"):
-            attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
+            implementation = "eager"
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         context, probs = attention_interface(
             self,
             q,
@@ -269,30 +294,37 @@ class PemtPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        # `transformers.initialization` functions skip tensors already loaded from a checkpoint.
         std = self.config.initializer_range
+        if isinstance(module, PemtSharedLinear):
+            return  # a linear layer by type only: its parts are initialised as the modules they are
         if isinstance(module, nn.Linear):
-            if parametrize.is_parametrized(module, "weight"):
-                # Assigning goes through the parametrisation's inverse, so Sigma starts as a random rotation.
-                module.weight = nn.init.orthogonal_(torch.empty_like(module.weight))
-            else:
-                module.weight.normal_(mean=0.0, std=std * getattr(module, "init_std_scale", 1.0))
+            if not parametrize.is_parametrized(module, "weight"):
+                init.normal_(module.weight, mean=0.0, std=std * getattr(module, "init_std_scale", 1.0))
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
+        elif isinstance(module, parametrize.ParametrizationList):
+            # Sigma = base @ matrix_exp(skew(original)) starts as a random rotation held by `original`; the buffer
+            # `base` starts as the identity (buffers are deterministic: a model built on the meta device must
+            # initialise to the same buffers).
+            init.copy_(module.original, random_rotation_generator(module.original.shape[-1]))
+        elif isinstance(module, PemtOrthogonal):
+            init.eye_(module.base)
         elif isinstance(module, nn.Embedding):
-            module.weight.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-            module.running_mean.zero_()
-            module.running_var.fill_(1.0)
-            module.num_batches_tracked.zero_()
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, PemtModalityEmbeddings):
-            module.summary_token.normal_(mean=0.0, std=std)
+            init.normal_(module.summary_token, mean=0.0, std=std)
 
 
 def _key_mask(segment_mask: torch.Tensor) -> torch.Tensor:
@@ -320,6 +352,14 @@ class PemtModel(PemtPreTrainedModel):
         self.encoder = PemtEncoder(config, PemtLayer)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that embeds the main input (`pixel_values`): the visual CNN, as vision models return their patch
+        embeddings."""
+        return self.visual_cnn
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.visual_cnn = value
+
     def embed_visual(self, pixel_values: torch.Tensor, visual_segment_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[batch, T, 3, frames, H, W]` -> visual CNN embeddings `[batch, T, visual_embedding_dim]`."""
         mask = visual_segment_mask if visual_segment_mask is not None else pixel_values.new_ones(pixel_values.shape[:2], dtype=torch.long)
@@ -336,6 +376,7 @@ class PemtModel(PemtPreTrainedModel):
             self.config.cnn_checkpointing,
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -346,7 +387,6 @@ class PemtModel(PemtPreTrainedModel):
         audio_cnn_embeddings: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> PemtModelOutput | tuple:
         r"""
@@ -366,7 +406,6 @@ class PemtModel(PemtPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if visual_cnn_embeddings is None and pixel_values is not None:
             visual_cnn_embeddings = self.embed_visual(pixel_values, visual_segment_mask)
         if audio_cnn_embeddings is None and audio_values is not None:
@@ -400,12 +439,21 @@ class PemtModel(PemtPreTrainedModel):
                 visual_length = fields["visual_last_hidden_state"].shape[1]
                 hidden = fields["multimodal_last_hidden_state"]
                 fields["multimodal_summary"] = torch.stack([hidden[:, 0], hidden[:, visual_length]], dim=1)
-        output = PemtModelOutput(**fields)
-        return output if return_dict else output.to_tuple()
+        final = MODALITY_NAMES[MULTIMODAL if len(key_masks) == 2 else next(iter(key_masks))]
+        fields["last_hidden_state"] = fields[f"{final}_last_hidden_state"]
+        summary = fields[f"{final}_summary"]
+        fields["pooler_output"] = summary.mean(dim=1) if final == "multimodal" else summary
+        fields["hidden_states"] = fields[f"{final}_hidden_states"]
+        fields["attentions"] = fields[f"{final}_attentions"]
+        return PemtModelOutput(**fields)
 
     def _run_transformer(
         self, tokens: torch.Tensor, key_mask: torch.Tensor, modality: int, output_attentions: bool, output_hidden_states: bool
     ) -> dict[str, torch.Tensor | tuple]:
+        # Hidden states and attentions are collected by the layer stack rather than by transformers' output-recording
+        # hooks (`capture_outputs` / `OutputRecorder`): those keep one list per output for a whole forward, while PEMT
+        # runs three Transformers through the same (shared) layer objects and reports each one's outputs apart; the
+        # hooks would interleave the three and record an initial hidden state for the first only.
         hidden, all_hidden, all_attentions = self.encoder(tokens, key_mask, modality, output_attentions, output_hidden_states)
         name = MODALITY_NAMES[modality]
         fields = {f"{name}_last_hidden_state": hidden, f"{name}_hidden_states": all_hidden, f"{name}_attentions": all_attentions}
@@ -475,6 +523,7 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
             for part in (backbone.encoder, backbone.visual_embeddings, backbone.audio_embeddings, backbone.multimodal_embeddings):
                 part.requires_grad_(False)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -484,7 +533,6 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> PemtClassifierOutput | tuple:
         r"""
@@ -492,7 +540,6 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
                 Class indices (single-label) or multi-hot targets (multi-label).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = {
             "visual": {"pixel_values": pixel_values, "visual_segment_mask": visual_segment_mask},
             "audio": {"audio_values": audio_values, "audio_segment_mask": audio_segment_mask},
@@ -506,14 +553,12 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
             backbone_inputs.update(inputs[name])
         masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
         if self.config.classifier_head == "cnn":
-            result = self._cnn_forward(pixel_values, audio_values, masks, labels)
-            return result if return_dict else result.to_tuple()
+            return self._cnn_forward(pixel_values, audio_values, masks, labels)
         output = self.pemt(
-            **backbone_inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
+            **backbone_inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )
         if self.config.classifier_head == "segment":
-            result = self._segment_forward(output, masks, labels)
-            return result if return_dict else result.to_tuple()
+            return self._segment_forward(output, masks, labels)
         pooled = 0
         for name, sequence in self._sequences(output).items():
             pooled = pooled + self.segment_poolers[name](summary_and_mean(sequence, masks[name]))
@@ -523,8 +568,16 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         )
         logits = logits + self.cnn_classifier(self.dropout(cnn_features))
         loss = self.compute_loss(logits, labels) if labels is not None else None
-        result = PemtClassifierOutput(loss=loss, logits=logits, model_output=output)
-        return result if return_dict else result.to_tuple()
+        return PemtClassifierOutput(loss=loss, logits=logits, hidden_states=output.hidden_states, attentions=output.attentions)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """As [`PreTrainedModel.save_pretrained`]; where the config carries an `auto_map` (remote code), it also maps
+        `AutoModel` to the backbone, so that `AutoModel.from_pretrained(repo, trust_remote_code=True)` loads it."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        auto_map = getattr(self.config, "auto_map", None)
+        if auto_map and "AutoModel" not in auto_map:
+            auto_map["AutoModel"] = f"{PemtModel.__module__.rsplit('.', 1)[-1]}.PemtModel"
+            self.config.save_pretrained(save_directory)
 
     def _segment_forward(
         self, output: PemtModelOutput, masks: dict[str, torch.Tensor | None], labels: torch.Tensor | None
@@ -547,7 +600,8 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         return PemtClassifierOutput(
             loss=loss,
             logits=probabilities_to_logits(probabilities, multi_label),
-            model_output=output,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
             segment_logits=segment_logits,
             cnn_segment_logits=cnn_logits,
         )
@@ -624,9 +678,11 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
             if self.config.classifier_loss == "multi_margin":
                 return multi_margin_loss(logits, labels, self.config.classifier_margin)
             return F.cross_entropy(logits, labels.view(-1).long())
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).squeeze(-1))
         raise ValueError(
-            f"problem_type {self.config.problem_type!r} is not supported; use single_label_classification or "
-            "multi_label_classification."
+            f"problem_type {self.config.problem_type!r} is not supported; use single_label_classification, "
+            "multi_label_classification or regression."
         )
 
 

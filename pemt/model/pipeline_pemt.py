@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import io
+import urllib.request
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
+
+FUNCTIONS = ("softmax", "sigmoid", "none")
+_DEFAULT = object()  # tells "top_k not given" (5) from `top_k=None` (all labels)
 
 
 class AudioVisualClassificationPipeline(ChunkPipeline):
     r"""
     Classifies videos with a PEMT classifier and its processor.
 
-    Each input (a path, bytes, a binary file object, or a dict of decoded arrays — see [`PemtProcessor`]) is decoded
-    once into `num_temporal_views` evenly shifted sets of segments, each seen through `num_spatial_crops` crops (3:
-    left, centre, right); every view is one model row (so views and clips batch together with `batch_size`), and the
-    class probabilities are averaged over the views.
+    Each input is decoded once into `num_temporal_views` evenly shifted sets of segments, each seen through
+    `num_spatial_crops` crops (3: left, centre, right); every view is one model row (so views and clips batch together
+    with `batch_size`), and the scores are averaged over the views. An input is a
+    path, an http(s) URL, bytes, a binary file object, a `datasets` video value, a dict of decoded arrays (see
+    [`PemtProcessor`]), or the frames themselves as a `[frames, height, width, 3]` array or tensor (uint8, or float
+    in [0, 1]; `[frames, 3, height, width]` is accepted too) at `video_fps` frames per second, without audio.
+
+    Arguments of a call:
+        top_k (`int` or `None`, *optional*, defaults to 5): how many labels to return; `None` returns all of them.
+        function_to_apply (`str`, *optional*): `"softmax"`, `"sigmoid"` or `"none"` (the raw logits). By default
+            softmax for single-label models and sigmoid for multi-label ones.
+        num_temporal_views (`int`, *optional*, defaults to 1): sets of segments per clip, averaged.
+        num_spatial_crops (`int`, *optional*, defaults to 1): 1 (centre) or 3 (left, centre, right) crops per view.
+        video_fps (`float`, *optional*): frame rate of array inputs; defaults to the processor's `video_fps`.
+        timeout (`float`, *optional*): seconds to wait for a URL.
 
     Example:
 
@@ -34,19 +51,75 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     _load_tokenizer = False
 
     def _sanitize_parameters(
-        self, top_k: int | None = None, num_temporal_views: int | None = None, num_spatial_crops: int | None = None,
-        **kwargs,
+        self,
+        top_k: int | None | object = _DEFAULT,
+        function_to_apply: str | None = None,
+        num_temporal_views: int | None = None,
+        num_spatial_crops: int | None = None,
+        video_fps: float | None = None,
+        timeout: float | None = None,
+        **unknown,
     ) -> tuple[dict, dict, dict]:
-        preprocess = {} if num_temporal_views is None else {"num_temporal_views": num_temporal_views}
+        if unknown:
+            raise TypeError(
+                f"audio-visual-classification got unknown argument(s) {', '.join(sorted(unknown))}; it takes top_k, "
+                "function_to_apply, num_temporal_views, num_spatial_crops, video_fps and timeout (and batch_size, "
+                "num_workers)."
+            )
+        preprocess = {}
+        if num_temporal_views is not None:
+            if int(num_temporal_views) < 1:
+                raise ValueError(f"num_temporal_views must be at least 1; got {num_temporal_views}.")
+            preprocess["num_temporal_views"] = int(num_temporal_views)
         if num_spatial_crops is not None:
-            preprocess["num_spatial_crops"] = num_spatial_crops
-        postprocess = {} if top_k is None else {"top_k": top_k}
+            preprocess["num_spatial_crops"] = int(num_spatial_crops)
+        if video_fps is not None:
+            preprocess["video_fps"] = float(video_fps)
+        if timeout is not None:
+            preprocess["timeout"] = timeout
+        postprocess = {}
+        if top_k is not _DEFAULT:
+            if top_k is not None and int(top_k) < 1:
+                raise ValueError(f"top_k must be a positive number of labels or None (all); got {top_k}.")
+            postprocess["top_k"] = top_k
+        if function_to_apply is not None:
+            if str(function_to_apply).lower() not in FUNCTIONS:
+                raise ValueError(f"function_to_apply is {function_to_apply!r}; choose one of {', '.join(FUNCTIONS)}.")
+            postprocess["function_to_apply"] = str(function_to_apply).lower()
         return preprocess, {}, postprocess
 
-    def preprocess(self, inputs: Any, num_temporal_views: int = 1, num_spatial_crops: int = 1):
+    def _as_video_source(self, inputs: Any, video_fps: float | None, timeout: float | None) -> Any:
+        """URLs are fetched into memory; frame arrays become the processor's dict of decoded arrays."""
+        if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
+            with urllib.request.urlopen(inputs, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked
+                return io.BytesIO(response.read())
+        if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            frames = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs
+            if frames.ndim != 4 or 3 not in (frames.shape[1], frames.shape[-1]):
+                raise ValueError(
+                    f"A video array must be [frames, height, width, 3] (or [frames, 3, height, width]); got shape "
+                    f"{tuple(frames.shape)}."
+                )
+            if frames.shape[-1] != 3:
+                frames = frames.transpose(0, 2, 3, 1)
+            fps = video_fps or self.processor.video_processor.video_fps
+            return {"frames": np.ascontiguousarray(frames), "video_fps": fps}
+        return inputs
+
+    def preprocess(
+        self,
+        inputs: Any,
+        num_temporal_views: int = 1,
+        num_spatial_crops: int = 1,
+        video_fps: float | None = None,
+        timeout: float | None = None,
+    ):
+        source = self._as_video_source(inputs, video_fps, timeout)
         features = self.processor(
-            videos=inputs, num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops, return_tensors="pt"
+            videos=source, num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops, return_tensors="pt"
         )
+        # A model loaded with `dtype=` reads inputs of that dtype.
+        features = {k: v.to(self.model.dtype) if v.is_floating_point() else v for k, v in features.items()}
         views = num_temporal_views * num_spatial_crops
         for view in range(views):
             row = {key: value[view : view + 1] for key, value in features.items()}
@@ -56,9 +129,22 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         is_last = model_inputs.pop("is_last")
         return {"logits": self.model(**self.model.select_inputs(model_inputs)).logits, "is_last": is_last}
 
-    def postprocess(self, model_outputs: list[dict], top_k: int = 5) -> list[dict[str, float]]:
-        logits = torch.cat([output["logits"] for output in model_outputs])
-        probabilities = self.model.probabilities(logits, num_views=len(model_outputs))[0]
-        scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
+    def postprocess(
+        self, model_outputs: list[dict], top_k: int | None = 5, function_to_apply: str | None = None
+    ) -> list[dict[str, float]]:
+        logits = torch.cat([output["logits"] for output in model_outputs]).float()
+        if function_to_apply is None:
+            scores = self.model.probabilities(logits, num_views=len(model_outputs))[0]
+        else:
+            activation = {"softmax": lambda x: x.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda x: x}
+            scores = activation[function_to_apply](logits).mean(dim=0)
+        count = scores.numel() if top_k is None else min(int(top_k), scores.numel())
+        values, indices = scores.topk(count)
         id2label = self.model.config.id2label
-        return [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(scores, indices)]
+        return [{"label": id2label[int(i)], "score": float(s)} for s, i in zip(values, indices)]
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Saves the model and the processor (which the base pipeline does not save), so that
+        `pipeline(model=save_directory)` rebuilds this pipeline."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)

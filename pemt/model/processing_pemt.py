@@ -121,9 +121,12 @@ class PemtProcessor(ProcessorMixin):
         num_temporal_views: int = 1,
         generator: torch.Generator | None = None,
         short_side: int | None = None,
+        audio: VideoSource | None = None,
     ) -> tuple[DecodedSegments, np.ndarray, str]:
         """Decodes the segments of one clip, all views at once (overlapping views share decoding). Frames come at
-        `short_side` (default: the largest the mode's crops need) when the video is larger.
+        `short_side` (default: the largest the mode's crops need) when the video is larger. With `audio` (a separate
+        file, bytes, or dict with `waveform` and `sampling_rate`), the audio of the segments is read from it, at the
+        same times, instead of from `video`.
 
         Returns:
             `(segments, real, name)`: segments `[k * T, ...]` view-major, a boolean `[k * T]` mask of real segments,
@@ -145,6 +148,12 @@ class PemtProcessor(ProcessorMixin):
             short_side = short_side or self.video_processor.storage_side(training)
             decoded = clip.read_segments(unique, timing, short_side)
             index = [unique.index(s) for s in flat]
+            if audio is not None:
+                with open_media(audio) as sound:
+                    separate = sound.read_segments(unique, timing, short_side).waveform
+                    if separate is None:
+                        raise MediaDecodeError(f"{sound.name}: given as audio, but it has no audio stream.")
+                decoded = DecodedSegments(decoded.frames, separate)
             frames = decoded.frames[index] if decoded.frames is not None else None
             waveform = decoded.waveform[index] if decoded.waveform is not None else None
             return DecodedSegments(frames, waveform), real.reshape(-1), clip.name
@@ -158,8 +167,9 @@ class PemtProcessor(ProcessorMixin):
         require_video: bool,
         generator: torch.Generator | None,
         num_spatial_crops: int = 1,
+        audio: VideoSource | None = None,
     ) -> dict[str, torch.Tensor]:
-        segments, real, name = self.decode(video, training, num_temporal_views, generator)
+        segments, real, name = self.decode(video, training, num_temporal_views, generator, audio=audio)
         count = len(real)
         mask = torch.as_tensor(real, dtype=torch.long)
         if segments.frames is None:
@@ -222,12 +232,18 @@ class PemtProcessor(ProcessorMixin):
         require_video: bool = False,
         generator: torch.Generator | None = None,
         num_spatial_crops: int = 1,
+        audio: VideoSource | np.ndarray | torch.Tensor | Sequence | None = None,
+        sampling_rate: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
         Args:
             videos: one clip or a list: paths, bytes, binary file objects, `datasets` video values, or dicts of
                 decoded arrays (`frames` + `video_fps`, `waveform` + `sampling_rate`).
+            audio (*optional*): the sound of each clip from elsewhere, one per video: a path, bytes, file object,
+                `datasets` audio value, or a waveform array (`[samples]` or `[channels, samples]`, with
+                `sampling_rate`). It replaces the videos' own audio. Without `videos`, the audio alone is the clip.
+            sampling_rate (`int`, *optional*): rate of waveform arrays given as `audio`.
             return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` or `"np"`.
             training (`bool`, *optional*, defaults to `False`): random segment placement, crops and SpecAugment.
             num_temporal_views (`int`, *optional*, defaults to 1): `k` evenly shifted sets of segments per clip;
@@ -246,21 +262,54 @@ class PemtProcessor(ProcessorMixin):
         Raises:
             [`MediaDecodeError`]: a clip cannot be read, or lacks a required modality; the message names it.
         """
+        if kwargs:
+            raise TypeError(
+                f"PemtProcessor got unknown keyword argument(s) {', '.join(sorted(kwargs))}; see its docstring for "
+                "what it takes."
+            )
+        sounds = self._audio_sources(audio, sampling_rate)
         if videos is None:
-            raise ValueError("PemtProcessor needs `videos`.")
+            if sounds is None:
+                raise ValueError("PemtProcessor needs `videos` (or `audio` alone).")
+            videos, sounds = sounds, None
         if not isinstance(videos, (list, tuple)):
             videos = [videos]
         if training and num_spatial_crops != 1:
             raise ValueError("num_spatial_crops is an evaluation setting; training takes one random crop per clip.")
+        if sounds is not None and len(sounds) != len(videos):
+            raise ValueError(f"{len(videos)} video(s) but {len(sounds)} audio input(s); give one audio per video.")
+        sounds = sounds or [None] * len(videos)
         clips = [
-            self._clip_features(v, training, num_temporal_views, require_audio, require_video, generator, num_spatial_crops)
-            for v in videos
+            self._clip_features(
+                v, training, num_temporal_views, require_audio, require_video, generator, num_spatial_crops, audio=a
+            )
+            for v, a in zip(videos, sounds)
         ]
         shape = (len(videos) * num_temporal_views * num_spatial_crops, self.num_segments)
         data = {key: torch.cat([c[key] for c in clips]).reshape(*shape, *clips[0][key].shape[1:]) for key in clips[0]}
         if return_tensors != "pt":
             data = {key: value.numpy() for key, value in data.items()}
         return BatchFeature(data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _audio_sources(audio: Any, sampling_rate: int | None) -> list | None:
+        """`audio` as a list of media sources, waveform arrays wrapped with their rate."""
+        if audio is None:
+            return None
+        single = not isinstance(audio, (list, tuple)) or (
+            len(audio) > 0 and isinstance(audio[0], (int, float, np.floating))
+        )
+        items = [audio] if single else list(audio)
+        sources = []
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                item = item.detach().cpu().numpy()
+            if isinstance(item, (np.ndarray, list)):
+                if sampling_rate is None:
+                    raise ValueError("Audio given as a waveform array needs `sampling_rate`.")
+                item = {"waveform": np.asarray(item, dtype=np.float32), "sampling_rate": sampling_rate}
+            sources.append(item)
+        return sources
 
     @property
     def model_input_names(self) -> list[str]:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import orthogonal
 
 from .configuration_pemt import PemtConfig
 
@@ -29,7 +28,7 @@ VISUAL, AUDIO, MULTIMODAL = 0, 1, 2
 MODALITY_NAMES = ("visual", "audio", "multimodal")
 
 
-class PemtSharedLinear(nn.Module):
+class PemtSharedLinear(nn.Linear):
     r"""
     A linear map `in_features -> out_features` used by `num_modalities` modalities.
 
@@ -37,10 +36,16 @@ class PemtSharedLinear(nn.Module):
     `V_g` (no bias) and the orthogonal `Sigma_g` are private to modality `g`, `U` (with bias) is shared. The L2
     normalisation keeps the private factors on a common scale so one `U` can serve them all, and orthogonality
     keeps `Sigma_g` a pure rotation of that normalised code.
+
+    It is an `nn.Linear` by type (with `in_features`, `out_features`, and `weight` / `bias` naming the shared matrix
+    U, or the whole matrix) but holds no parameters of its own: adapter libraries that wrap linear layers by type, as
+    PEFT's LoRA does for `target_modules=["query", "value"]`, then wrap it whole and add their update to its output,
+    for every modality alike.
     """
 
     def __init__(self, in_features: int, out_features: int, num_modalities: int, low_rank_dim: int):
-        super().__init__()
+        nn.Module.__init__(self)  # not nn.Linear's: the parameters are the parts below
+        self.in_features, self.out_features = in_features, out_features
         self.low_rank_dim = low_rank_dim
         if low_rank_dim == 0:
             self.dense = nn.Linear(in_features, out_features)
@@ -55,6 +60,15 @@ class PemtSharedLinear(nn.Module):
         # factor so that the factored map starts at the scale of the matrix it replaces.
         self.shared_up.init_std_scale = in_features**0.5
 
+    @property
+    def weight(self) -> nn.Parameter:
+        """The shared matrix: U, or the whole matrix without the decomposition."""
+        return self.dense.weight if self.low_rank_dim == 0 else self.shared_up.weight
+
+    @property
+    def bias(self) -> nn.Parameter:
+        return self.dense.bias if self.low_rank_dim == 0 else self.shared_up.bias
+
     def forward(self, hidden_states: torch.Tensor, modality: int) -> torch.Tensor:
         if self.low_rank_dim == 0:
             return self.dense(hidden_states)
@@ -64,16 +78,62 @@ class PemtSharedLinear(nn.Module):
         # itself is NaN in bfloat16 on CPU). A 128 x 128 matrix costs nothing in float32; its use below is autocast.
         with torch.autocast(hidden_states.device.type, enabled=False):
             sigma = self.private_rotation[modality].weight
-        return self.shared_up(F.linear(code, sigma))
+        return self.shared_up(F.linear(code, sigma.to(code.dtype)))
+
+
+class PemtOrthogonal(nn.Module):
+    r"""
+    Parametrisation `Sigma = base @ matrix_exp(A)` with `A = tril(X) - tril(X)^T` skew-symmetric, so `Sigma` is
+    orthogonal whatever the trained `X` (the parametrised weight's `original`). The arithmetic is torch's
+    `orthogonal(..., orthogonal_map="matrix_exp")` (same state-dict keys and values: `parametrizations.weight.original`
+    and `parametrizations.weight.0.base`), with two differences that loading needs. `base` is a real buffer from the
+    start, where torch's registers `None` and fills it on the first assignment: a model built on the meta device, or
+    loaded with `dtype=`, then has a `base` to load into instead of an "unexpected key". And `Sigma` is always formed
+    in float32: `matrix_exp` has no half-precision CPU kernel, and a bfloat16 product doubles Sigma's departure from
+    orthogonality; users cast it to their own dtype.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("base", torch.eye(dim))
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        lower = original.float().tril()
+        return self.base.float() @ torch.matrix_exp(lower - lower.mT)
+
+    @torch.no_grad()
+    def right_inverse(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Assigning `weight = Q` stores the orthogonal factor of `Q` as `base` and a zero `original` (A = 0)."""
+        if sigma.device.type != "meta":
+            q, r = torch.linalg.qr(sigma.float())
+            # Signs fixed so that an orthogonal `Q` is kept as it is rather than flipped column by column.
+            self.base.copy_(q * r.diagonal().sign().where(r.diagonal() != 0, 1.0))
+        return torch.zeros_like(sigma)
+
+
+def random_rotation_generator(dim: int) -> torch.Tensor:
+    """An `original` for [`PemtOrthogonal`] with an identity `base` that makes Sigma a uniformly random rotation:
+    the strictly lower triangle of the matrix logarithm of a Haar-random matrix of determinant +1."""
+    rotation = nn.init.orthogonal_(torch.empty(dim, dim, dtype=torch.float64))
+    if torch.linalg.det(rotation) < 0:
+        rotation[:, 0] = -rotation[:, 0]
+    # log Q = V log(Lambda) V^-1 with eigenvalues on the unit circle; its real part is skew-symmetric (conjugate pairs
+    # of eigenvalues get conjugate logarithms; an eigenvalue of exactly -1 has probability zero).
+    values, vectors = torch.linalg.eig(rotation)
+    logarithm = (vectors @ torch.diag_embed(values.log()) @ torch.linalg.inv(vectors)).real
+    return ((logarithm - logarithm.mT) / 2).tril(-1).float()
 
 
 def _orthogonal_linear(dim: int) -> nn.Linear:
-    """A bias-free `dim x dim` linear map kept orthogonal by torch's parametrisation."""
-    # Registering the parametrisation tests the initial matrix for orthogonality, a data-dependent check that meta
-    # tensors (which `from_pretrained` builds models with) cannot run; so small a matrix is built for real instead.
-    device = torch.get_default_device()
-    with torch.device("cpu" if device.type == "meta" else device):
-        return orthogonal(nn.Linear(dim, dim, bias=False))
+    """A bias-free `dim x dim` linear map kept orthogonal by [`PemtOrthogonal`]; it starts as the identity
+    (`_init_weights` assigns a random rotation)."""
+    linear = nn.Linear(dim, dim, bias=False)
+    # `unsafe`: Sigma is float32 even in a half-precision model, which the default check forbids.
+    parametrize.register_parametrization(linear, "weight", PemtOrthogonal(dim), unsafe=True)
+    # Registration passed the random initial weight through `right_inverse`; the buffer goes back to the identity so
+    # that it is the same however the model is built (weights are set by `_init_weights`).
+    linear.parametrizations.weight[0].base.copy_(torch.eye(dim))
+    return linear
 
 
 class PemtLayerStack(nn.Module):
