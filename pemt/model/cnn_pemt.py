@@ -182,7 +182,12 @@ def run_cnn_over_segments(
     `[batch, T, out_dim]` with zeros at padding. Padding is skipped rather than computed, so it neither costs time
     nor enters BatchNorm's batch statistics. With `chunk_size > 0` the segments go through in chunks, each
     optionally checkpointed: peak memory then holds one chunk's activations instead of the whole batch's.
+
+    Under `torch.export` / `torch.compile` with the CNN in eval mode, every segment is run instead (see
+    [`_run_cnn_on_every_segment`]): the same values at real segments, without the data-dependent shapes.
     """
+    if not cnn.training and torch.compiler.is_compiling():
+        return _run_cnn_on_every_segment(cnn, segments, mask, out_dim)
     batch, length = mask.shape
     flat_mask = mask.reshape(-1).bool()
     real = segments.reshape(batch * length, *segments.shape[2:])[flat_mask]
@@ -205,3 +210,20 @@ def run_cnn_over_segments(
     result = embedded.new_zeros(batch * length, out_dim)
     result[flat_mask] = embedded
     return result.view(batch, length, out_dim)
+
+
+def _run_cnn_on_every_segment(cnn: nn.Module, segments: torch.Tensor, mask: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """The graph-friendly twin of [`run_cnn_over_segments`]: the CNN runs on all `batch * T` segments and padded
+    outputs are set to zero by a select on the mask. Selecting the real segments gives a tensor whose size depends
+    on the mask's values, which `torch.export` and ONNX cannot express with a symbolic batch; this path has only
+    static shapes.
+
+    Only valid in eval mode: BatchNorm then normalises each segment with its running statistics, so computing the
+    padding changes no real segment's output. In training, batch statistics would count the padding, so training
+    keeps skipping it. Chunking is left out here (it saves memory, not values).
+    """
+    batch, length = mask.shape
+    flat = segments.reshape(batch * length, *segments.shape[2:])
+    embedded = cnn(flat).reshape(batch, length, out_dim)
+    # `where`, not a multiply: a non-finite output at a padded segment must not leak as NaN.
+    return torch.where(mask.bool().unsqueeze(-1), embedded, torch.zeros((), dtype=embedded.dtype, device=embedded.device))

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
@@ -276,6 +277,241 @@ class PemtMultimodalEmbeddings(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Embeddings API: clip-level video, audio and joint features from every PEMT model (PemtEmbeddingsMixin)
+# ---------------------------------------------------------------------------------------------------------------
+
+FEATURE_POOLINGS = ("summary", "mean", "summary_and_mean")
+
+
+def pool_sequence(sequence: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """`[summary, segment_1, ..., segment_T]` `[batch, 1 + T, H]` -> `[batch, H]` (`"summary"`: the summary token's
+    output; `"mean"`: the mean output over real segments) or `[batch, 2H]` (`"summary_and_mean"`: both, as the
+    classification and correct-pair-prediction heads read a sequence)."""
+    if pooling == "summary":
+        return sequence[:, 0]
+    if pooling == "mean":
+        return masked_mean(sequence[:, 1:], mask)
+    if pooling == "summary_and_mean":
+        return summary_and_mean(sequence, mask)
+    raise ValueError(f"pooling is {pooling!r}; choose one of {', '.join(FEATURE_POOLINGS)}.")
+
+
+@dataclass
+class PemtFeaturesOutput(ModelOutput):
+    r"""
+    Output of [`PemtEmbeddingsMixin.get_features`]: clip embeddings of each modality and of the pair, from one
+    forward pass. `D` is `hidden_size` for `pooling="summary"` or `"mean"`, `2 * hidden_size` for
+    `"summary_and_mean"`, and `hidden_size` when `projected=True`.
+
+    Args:
+        video_embeds (`torch.FloatTensor` of shape `(batch_size, D)`, *optional*):
+            Pooled output of the visual Transformer (the picture alone).
+        audio_embeds (`torch.FloatTensor` of shape `(batch_size, D)`, *optional*):
+            Pooled output of the audio Transformer (the sound alone).
+        clip_embeds (`torch.FloatTensor` of shape `(batch_size, 2 * D)`, *optional*):
+            The multimodal Transformer's visual part pooled, then its audio part pooled, concatenated (`(batch_size,
+            hidden_size)` when projected); present when both modalities are given.
+        model_output ([`PemtModelOutput`]):
+            The backbone's output (per-segment outputs are in its `*_last_hidden_state[:, 1:]`).
+    """
+
+    video_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    clip_embeds: torch.FloatTensor | None = None
+    model_output: PemtModelOutput | None = None
+
+
+class PemtEmbeddingsMixin:
+    r"""
+    The embeddings API of every PEMT model ([`PemtModel`] and the models with heads, which read their backbone):
+    [`~PemtEmbeddingsMixin.get_video_features`], [`~PemtEmbeddingsMixin.get_audio_features`],
+    [`~PemtEmbeddingsMixin.get_clip_features`] and all three at once with [`~PemtEmbeddingsMixin.get_features`].
+
+    As in `transformers`' two-tower models, `get_*_features` return a `BaseModelOutputWithPooling` whose
+    `pooler_output` is the clip embedding and whose `last_hidden_state` holds the per-segment outputs after the
+    summary token. The unimodal embeddings come from separately run Transformers and are not trained to share a
+    space across modalities: compare video with video and audio with audio; to ask whether a sound goes with a
+    picture use the correct-pair-prediction head ([`PemtForPreTraining.correspondence_logits`]).
+
+    Options:
+        pooling (`str`, defaults to `"summary"`): `"summary"` (the summary token's output), `"mean"` (mean output
+            of the real segments) or `"summary_and_mean"` (both, concatenated).
+        normalize (`bool`, defaults to `False`): L2-normalise the embeddings, so that dot products are cosines.
+        projected (`bool`, defaults to `False`): pass through the model's own trained projection instead of
+            `pooling`: a fine-tuned [`PemtForAudioVisualClassification`] maps the sequences of its
+            `classifier_modality` to the `hidden_size` vector its classifier reads. Models without such a
+            projection raise a `ValueError`.
+    """
+
+    def _feature_backbone(self) -> PemtModel:
+        return getattr(self, "pemt", self)
+
+    def _project_features(self, sequences: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        raise ValueError(
+            f"{type(self).__name__} has no trained projection for {' + '.join(sequences)} features; use "
+            "projected=False, or a fine-tuned PemtForAudioVisualClassification of that modality."
+        )
+
+    def _embed(self, sequences: dict[str, torch.Tensor], masks: dict, pooling: str, normalize: bool, projected: bool) -> torch.Tensor:
+        if projected:
+            embeds = self._project_features(sequences, masks)
+        else:
+            embeds = torch.cat([pool_sequence(sequences[name], masks[name], pooling) for name in sequences], dim=-1)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def get_features(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        audio_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        pooling: str = "summary",
+        normalize: bool = False,
+        projected: bool = False,
+        **kwargs,
+    ) -> PemtFeaturesOutput:
+        r"""
+        Video, audio and joint clip embeddings from one forward pass of the backbone.
+
+        Args:
+            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`] (either modality may be left
+                out; `clip_embeds` needs both). `kwargs` go to the backbone (`output_hidden_states`, ...).
+            pooling, normalize, projected: see [`PemtEmbeddingsMixin`]. With `projected=True` only the embedding of
+                the model's `classifier_modality` is projected; the others are `None`.
+
+        Returns:
+            [`PemtFeaturesOutput`].
+        """
+        output = self._feature_backbone()(
+            pixel_values=pixel_values, audio_values=audio_values, pixel_mask=pixel_mask, audio_mask=audio_mask,
+            return_dict=True, **kwargs,
+        )
+        masks = {"visual": pixel_mask, "audio": audio_mask}
+        unimodal = {"visual": output.visual_last_hidden_state, "audio": output.audio_last_hidden_state}
+        embeds = {}
+        for name, sequence in unimodal.items():
+            if sequence is None:
+                embeds[name] = None
+            elif projected:
+                embeds[name] = self._embed({name: sequence}, masks, pooling, normalize, True) if self._projects((name,)) else None
+            else:
+                embeds[name] = self._embed({name: sequence}, masks, pooling, normalize, False)
+        clip = None
+        if output.multimodal_last_hidden_state is not None and (not projected or self._projects(("visual", "audio"))):
+            clip = self._embed(self._joint_sequences(output), masks, pooling, normalize, projected)
+        return PemtFeaturesOutput(
+            video_embeds=embeds["visual"], audio_embeds=embeds["audio"], clip_embeds=clip, model_output=output
+        )
+
+    def _projects(self, modalities: tuple[str, ...]) -> bool:
+        """Whether `_project_features` accepts exactly these modalities."""
+        return False
+
+    @staticmethod
+    def _joint_sequences(output: PemtModelOutput) -> dict[str, torch.Tensor]:
+        """The multimodal output split into its visual and its audio `[summary, segments...]` parts."""
+        visual_length = output.visual_last_hidden_state.shape[1]
+        hidden = output.multimodal_last_hidden_state
+        return {"visual": hidden[:, :visual_length], "audio": hidden[:, visual_length:]}
+
+    def _unimodal_features(self, name: str, inputs: dict, pooling: str, normalize: bool, projected: bool, **kwargs):
+        output = self._feature_backbone()(**inputs, return_dict=True, **kwargs)
+        sequence = getattr(output, f"{name}_last_hidden_state")
+        mask = inputs["pixel_mask" if name == "visual" else "audio_mask"]
+        embeds = self._embed({name: sequence}, {name: mask}, pooling, normalize, projected)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence, pooler_output=embeds, hidden_states=getattr(output, f"{name}_hidden_states"),
+            attentions=getattr(output, f"{name}_attentions"),
+        )
+
+    def get_video_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        pooling: str = "summary",
+        normalize: bool = False,
+        projected: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Clip embeddings of the picture alone (the visual CNN and Transformer).
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_segments, 3, frames, height, width)`):
+                Video segments, as [`PemtProcessor`] returns them.
+            pixel_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*): 1 for real segments.
+            pooling, normalize, projected: see [`PemtEmbeddingsMixin`].
+
+        Returns:
+            `BaseModelOutputWithPooling`: `pooler_output` `(batch_size, D)` (`D` as in [`PemtFeaturesOutput`]),
+            `last_hidden_state` `(batch_size, 1 + num_segments, hidden_size)`, and the visual hidden states and
+            attentions when asked for.
+        """
+        inputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+        return self._unimodal_features("visual", inputs, pooling, normalize, projected, **kwargs)
+
+    def get_audio_features(
+        self,
+        audio_values: torch.FloatTensor,
+        audio_mask: torch.LongTensor | None = None,
+        pooling: str = "summary",
+        normalize: bool = False,
+        projected: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Clip embeddings of the sound alone (the audio CNN and Transformer).
+
+        Args:
+            audio_values (`torch.FloatTensor` of shape `(batch_size, num_segments, 1, num_mel_bins, audio_frames)`):
+                Log-mel segments, as [`PemtProcessor`] returns them.
+            audio_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*): 1 for real segments.
+            pooling, normalize, projected: see [`PemtEmbeddingsMixin`].
+
+        Returns:
+            `BaseModelOutputWithPooling` as for [`~PemtEmbeddingsMixin.get_video_features`], for the audio side.
+        """
+        inputs = {"audio_values": audio_values, "audio_mask": audio_mask}
+        return self._unimodal_features("audio", inputs, pooling, normalize, projected, **kwargs)
+
+    def get_clip_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        audio_values: torch.FloatTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        pooling: str = "summary",
+        normalize: bool = False,
+        projected: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Joint clip embeddings of picture and sound (the multimodal Transformer's output).
+
+        Args:
+            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`]; both modalities are required.
+            pooling, normalize, projected: see [`PemtEmbeddingsMixin`].
+
+        Returns:
+            `BaseModelOutputWithPooling`: `pooler_output` `(batch_size, 2 * D)` (the visual part pooled beside the
+            audio part; `(batch_size, hidden_size)` when projected), `last_hidden_state` `(batch_size, 2 + 2 *
+            num_segments, hidden_size)`, and the multimodal hidden states and attentions when asked for.
+        """
+        if pixel_values is None or audio_values is None:
+            raise ValueError("get_clip_features needs both pixel_values and audio_values.")
+        output = self._feature_backbone()(
+            pixel_values=pixel_values, audio_values=audio_values, pixel_mask=pixel_mask, audio_mask=audio_mask,
+            return_dict=True, **kwargs,
+        )
+        masks = {"visual": pixel_mask, "audio": audio_mask}
+        embeds = self._embed(self._joint_sequences(output), masks, pooling, normalize, projected)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=output.multimodal_last_hidden_state, pooler_output=embeds,
+            hidden_states=output.multimodal_hidden_states, attentions=output.multimodal_attentions,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -333,7 +569,7 @@ def _key_mask(segment_mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([summary, segment_mask], dim=1).bool()[:, None, None, :]
 
 
-class PemtModel(PemtPreTrainedModel):
+class PemtModel(PemtEmbeddingsMixin, PemtPreTrainedModel):
     r"""
     The PEMT backbone: visual and audio CNNs per segment, then the visual, audio and multimodal Transformers.
 
@@ -476,7 +712,7 @@ def summary_and_mean(sequence: torch.Tensor, mask: torch.Tensor | None) -> torch
     return torch.cat([sequence[:, 0], masked_mean(sequence[:, 1:], mask)], dim=-1)
 
 
-class PemtForAudioVisualClassification(PemtPreTrainedModel):
+class PemtForAudioVisualClassification(PemtEmbeddingsMixin, PemtPreTrainedModel):
     r"""
     PEMT with the downstream classification heads of the paper's released code: for each modality used, the summary
     output and the mean segment output are concatenated and projected to `hidden_size`; the projections are summed,
@@ -667,6 +903,18 @@ class PemtForAudioVisualClassification(PemtPreTrainedModel):
         hidden = output.multimodal_last_hidden_state
         return {"visual": hidden[:, :visual_length], "audio": hidden[:, visual_length:]}
 
+    # --- Embeddings API: the classification head's own projection (see PemtEmbeddingsMixin) ---------------------
+
+    def _projects(self, modalities: tuple[str, ...]) -> bool:
+        return set(modalities) == set(self.modalities)
+
+    def _project_features(self, sequences: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """The `[batch, hidden_size]` vector the classifier reads (before dropout), for this model's modalities."""
+        if not self._projects(tuple(sequences)):
+            return super()._project_features(sequences, masks)
+        pooled = sum(self.segment_poolers[name](summary_and_mean(sequences[name], masks[name])) for name in self.modalities)
+        return self.norm(pooled)
+
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy for class indices, binary cross-entropy for multi-hot targets (see `config.problem_type`)."""
         if self.config.problem_type is None:
@@ -748,7 +996,7 @@ class PemtMepHead(nn.Module):
         return torch.einsum("nh,nkh->nk", queries, keys)
 
 
-class PemtForPreTraining(PemtPreTrainedModel):
+class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
     r"""
     PEMT with the paper's self-supervised objectives, trained end to end from raw video and audio.
 
@@ -842,13 +1090,7 @@ class PemtForPreTraining(PemtPreTrainedModel):
             correct, counted = correct + hits.sum(), counted + hits.numel()
         multimodal_mep_loss = (losses["multimodal_visual"] + losses["multimodal_audio"]) / 2
 
-        # Each modality's part of the multimodal output is pooled as the downstream head pools it. The product gives
-        # the MLP the agreement of the two directly; from a concatenation alone it would have to learn that
-        # multiplicative interaction, which it does slowly.
-        visual_pooled = summary_and_mean(multimodal[:, : 1 + length], visual_segment_mask)
-        audio_pooled = summary_and_mean(multimodal[:, 1 + length :], audio_segment_mask)
-        cpp_features = torch.cat([visual_pooled, audio_pooled, visual_pooled * audio_pooled], dim=-1)
-        cpp_logits = self.cpp_head(cpp_features).squeeze(-1)
+        cpp_logits = self.cpp_logits(multimodal, pixel_mask, audio_mask)
         cpp_labels = (~swapped).to(cpp_logits.dtype)
         cpp_loss = F.binary_cross_entropy_with_logits(cpp_logits, cpp_labels)
         total = losses["visual"] + losses["audio"] + multimodal_mep_loss + cpp_loss
@@ -867,6 +1109,84 @@ class PemtForPreTraining(PemtPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
+    def cpp_logits(
+        self, multimodal_last_hidden_state: torch.Tensor, pixel_mask: torch.Tensor, audio_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Correct pair prediction's head on a multimodal output `[batch, 2 + 2T, hidden]` -> logits `[batch]`."""
+        length = pixel_mask.shape[1]
+        # Each modality's part of the multimodal output is pooled as the downstream head pools it. The product gives
+        # the MLP the agreement of the two directly; from a concatenation alone it would have to learn that
+        # multiplicative interaction, which it does slowly.
+        visual_pooled = summary_and_mean(multimodal_last_hidden_state[:, : 1 + length], pixel_mask)
+        audio_pooled = summary_and_mean(multimodal_last_hidden_state[:, 1 + length :], audio_mask)
+        cpp_features = torch.cat([visual_pooled, audio_pooled, visual_pooled * audio_pooled], dim=-1)
+        return self.cpp_head(cpp_features).squeeze(-1)
+
+    # --- Audio-visual correspondence (the pipeline, `pemt correspondence`, cross-modal retrieval) ------------------
+
+    def correspondence_logits(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        audio_values: torch.FloatTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        audio_mask: torch.LongTensor | None = None,
+        visual_embeddings: torch.FloatTensor | None = None,
+        audio_embeddings: torch.FloatTensor | None = None,
+        per_segment: bool = False,
+    ) -> torch.Tensor:
+        r"""
+        Scores that the sound belongs with the picture, from correct pair prediction's head: `sigmoid` of a logit
+        is the probability that the audio is the video's own. Nothing is masked or swapped (unlike `forward`).
+
+        Args:
+            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`]; the audio may come from
+                another file than the video.
+            visual_embeddings, audio_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, dim)`, *optional*):
+                CNN embeddings instead of raw inputs (computed once, they can be paired with many candidates).
+            per_segment (`bool`, *optional*, defaults to `False`): score each segment on its own: segment `t`'s
+                picture and sound as a clip of one real segment (as a clip shorter than one segment is presented
+                in training), which localises where a soundtrack stops matching.
+
+        Returns:
+            `torch.FloatTensor`: logits of shape `(batch_size,)`, or `(batch_size, num_segments)` with
+            `per_segment=True` (NaN where either modality's segment is padding).
+        """
+        if visual_embeddings is None:
+            if pixel_values is None:
+                raise ValueError("correspondence_logits needs pixel_values or visual_embeddings.")
+            visual_embeddings = self.pemt.embed_visual(pixel_values, pixel_mask)
+        if audio_embeddings is None:
+            if audio_values is None:
+                raise ValueError("correspondence_logits needs audio_values or audio_embeddings.")
+            audio_embeddings = self.pemt.embed_audio(audio_values, audio_mask)
+        batch, length = visual_embeddings.shape[:2]
+        ones = visual_embeddings.new_ones(batch, length, dtype=torch.long)
+        pixel_mask = ones if pixel_mask is None else pixel_mask
+        audio_mask = ones if audio_mask is None else audio_mask
+        if per_segment:
+            # Row (b, t) holds segment t of clip b at the first position and padding after it.
+            first = torch.zeros(length, dtype=torch.long, device=ones.device)
+            first[0] = 1
+            one_real = first.expand(batch * length, length)
+
+            def single(embeddings: torch.Tensor) -> torch.Tensor:
+                rows = embeddings.new_zeros(batch * length, length, embeddings.shape[-1])
+                rows[:, 0] = embeddings.reshape(batch * length, -1)
+                return rows
+
+            logits = self.correspondence_logits(
+                visual_embeddings=single(visual_embeddings), audio_embeddings=single(audio_embeddings),
+                pixel_mask=one_real, audio_mask=one_real,
+            ).view(batch, length)
+            real = pixel_mask.bool() & audio_mask.bool()
+            return logits.masked_fill(~real, float("nan"))
+        output = self.pemt(
+            visual_embeddings=visual_embeddings, audio_embeddings=audio_embeddings, pixel_mask=pixel_mask,
+            audio_mask=audio_mask, return_dict=True,
+        )
+        return self.cpp_logits(output.multimodal_last_hidden_state, pixel_mask, audio_mask)
+
+
 __all__ = [
     "PemtModel",
     "PemtPreTrainedModel",
@@ -875,5 +1195,7 @@ __all__ = [
     "PemtModelOutput",
     "PemtClassifierOutput",
     "PemtForPreTrainingOutput",
+    "PemtEmbeddingsMixin",
+    "PemtFeaturesOutput",
     "sample_negatives",
 ]
