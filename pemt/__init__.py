@@ -15,6 +15,8 @@ from .model.media_pemt import MediaDecodeError, open_media
 from .model.feature_extraction_pemt import PemtFeatureExtractor
 from .model.modeling_pemt import (
     PemtClassifierOutput,
+    PemtEmbeddingsMixin,
+    PemtFeaturesOutput,
     PemtForAudioVisualClassification,
     PemtForPreTraining,
     PemtForPreTrainingOutput,
@@ -22,6 +24,8 @@ from .model.modeling_pemt import (
     PemtModelOutput,
     PemtPreTrainedModel,
 )
+from .model.pipeline_correspondence_pemt import AudioVisualCorrespondencePipeline
+from .model.pipeline_features_pemt import AudioVisualFeatureExtractionPipeline
 from .model.pipeline_pemt import AudioVisualClassificationPipeline
 from .model.processing_pemt import PemtProcessor, segment_starts
 from .model.video_processing_pemt import PemtVideoProcessor
@@ -48,12 +52,28 @@ PIPELINE_REGISTRY.register_pipeline(
     pt_model=AutoModelForVideoClassification,
     type="multimodal",
 )
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-visual-feature-extraction",
+    pipeline_class=AudioVisualFeatureExtractionPipeline,
+    pt_model=AutoModel,
+    type="multimodal",
+)
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-visual-correspondence",
+    pipeline_class=AudioVisualCorrespondencePipeline,
+    pt_model=AutoModelForPreTraining,
+    type="multimodal",
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
     "AudioVisualClassificationPipeline",
+    "AudioVisualCorrespondencePipeline",
+    "AudioVisualFeatureExtractionPipeline",
+    "PemtEmbeddingsMixin",
+    "PemtFeaturesOutput",
     "PemtProcessor",
     "PemtFeatureExtractor",
     "PemtVideoProcessor",

@@ -76,7 +76,10 @@ class PemtSharedLinear(nn.Linear):
         # Under autocast, torch's orthogonal parametrisation forms Sigma_g = base @ matrix_exp(A) with the product in
         # bfloat16, which doubles Sigma's departure from orthogonality over rounding a float32 Sigma (and matrix_exp
         # itself is NaN in bfloat16 on CPU). A 128 x 128 matrix costs nothing in float32; its use below is autocast.
-        with torch.autocast(hidden_states.device.type, enabled=False):
+        # (Entered only under autocast: outside it the context changes nothing, and in an exported graph it would
+        # leave an autocast node that `torch.export` cannot serialise.)
+        device_type = hidden_states.device.type
+        with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
             sigma = self.private_rotation[modality].weight
         return self.shared_up(F.linear(code, sigma.to(code.dtype)))
 
