@@ -17,6 +17,7 @@ index (see the README for the measurement).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ class EmbeddingIndex:
     def load(cls, path: str | Path) -> EmbeddingIndex:
         try:
             return cls(**torch.load(path, weights_only=True))
-        except (OSError, RuntimeError, TypeError) as error:
+        except (OSError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path}: not a pemt index ({error}).") from error
 
 
