@@ -61,3 +61,24 @@ def push_to_hub(
         stage_for_upload(model_dir, staging, repo_id, license=license, base_model=base_model)
         commit = api.upload_folder(folder_path=staging, repo_id=repo_id, commit_message="Upload PEMT classifier")
     return str(commit)
+
+
+PRETRAINED_TASKS = ("audio-visual-correspondence", "audio-visual-feature-extraction")
+
+
+def save_with_pipelines(model, processor: PemtProcessor, directory: str | Path, tasks: tuple[str, ...] = PRETRAINED_TASKS) -> Path:
+    """Saves a pretrained PEMT (weights, code, processor) with several pipelines' code, recorded together under
+    `custom_pipelines`, so that each `pipeline(task, model=repo, trust_remote_code=True)` loads where pemt is not
+    installed. (`Pipeline.save_pretrained` records only its own task, so the records are merged here; `auto_map`
+    also names the backbone, which `AutoModel` - the feature pipeline's model class - resolves.)"""
+    directory = Path(directory)
+    records = {}
+    for task in tasks:
+        pipeline(task, model=model, processor=processor).save_pretrained(directory)
+        records.update(json.loads((directory / "config.json").read_text()).get("custom_pipelines", {}))
+    config = json.loads((directory / "config.json").read_text())
+    config["custom_pipelines"] = records
+    config.setdefault("auto_map", {})["AutoModel"] = "modeling_pemt.PemtModel"
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    processor.save_pretrained(directory)
+    return directory
