@@ -93,7 +93,7 @@ def build_index(folder: str | Path, model_dir: str | Path, batch_size: int = 8) 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a directory.")
-    paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    paths = sorted(str(p.resolve()) for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
     if not paths:
         raise ValueError(f"{folder}: no video files ({', '.join(VIDEO_SUFFIXES)}).")
     model, processor = load_model(model_dir)
@@ -115,7 +115,9 @@ def build_index(folder: str | Path, model_dir: str | Path, batch_size: int = 8) 
         kept.extend(path for path, _ in batch)
     if not kept:
         raise ValueError(f"{folder}: none of the {len(paths)} video files could be read.")
-    return EmbeddingIndex(paths=kept, model=str(model_dir), skipped=skipped, **{k: torch.cat(v) for k, v in rows.items()})
+    # A local model is recorded by its absolute path, so that the index can be searched from anywhere.
+    model_ref = str(Path(model_dir).resolve()) if Path(model_dir).is_dir() else str(model_dir)
+    return EmbeddingIndex(paths=kept, model=model_ref, skipped=skipped, **{k: torch.cat(v) for k, v in rows.items()})
 
 
 @torch.no_grad()

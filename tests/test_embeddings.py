@@ -136,6 +136,8 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
         model.get_video_features(x["pixel_values"], projected=True)  # its head reads the multimodal output
     with pytest.raises(ValueError, match="no trained projection"):
         seeded(PemtModel).get_clip_features(**x, projected=True)
+    with pytest.raises(ValueError, match="no trained projection"):
+        seeded(PemtForPreTraining).get_features(**x, projected=True)
     visual = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, classifier_modality="visual"))
     with torch.no_grad():
         logits = visual(pixel_values=x["pixel_values"], pixel_mask=x["pixel_mask"]).logits

@@ -399,6 +399,8 @@ class PemtEmbeddingsMixin:
         clip = None
         if output.multimodal_last_hidden_state is not None and (not projected or self._projects(("visual", "audio"))):
             clip = self._embed(self._joint_sequences(output), masks, pooling, normalize, projected)
+        if projected and clip is None and embeds["visual"] is None and embeds["audio"] is None:
+            self._project_features({name: s for name, s in unimodal.items() if s is not None}, masks)  # raises
         return PemtFeaturesOutput(
             video_embeds=embeds["visual"], audio_embeds=embeds["audio"], clip_embeds=clip, model_output=output
         )
