@@ -81,8 +81,8 @@ def retrieval(model_dir: str, folder: str) -> tuple[dict, list[list]]:
     correspondence = torch.empty(n, n)
     for v in range(n):
         correspondence[v] = model.correspondence_logits(
-            visual_embeddings=index.visual_cnn[v : v + 1].expand(n, -1, -1), pixel_mask=index.pixel_mask[v : v + 1].expand(n, -1),
-            audio_embeddings=index.audio_cnn, audio_mask=index.audio_mask,
+            visual_cnn_embeddings=index.visual_cnn[v : v + 1].expand(n, -1, -1), visual_segment_mask=index.visual_segment_mask[v : v + 1].expand(n, -1),
+            audio_cnn_embeddings=index.audio_cnn, audio_segment_mask=index.audio_segment_mask,
         )
     cosine = index.video_embeds @ index.audio_embeds.T
     rows = []

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from .model.configuration_pemt import PemtConfig
 from .model.modeling_pemt import PemtForAudioVisualClassification, PemtModel
 
-INPUT_NAMES = ("pixel_values", "audio_values", "pixel_mask", "audio_mask")
+INPUT_NAMES = ("pixel_values", "audio_values", "visual_segment_mask", "audio_segment_mask")
 TARGETS = ("auto", "classifier", "features")
 # float32 through a few dozen layers: kernels that differ by batch size or fusion differ in the last bits.
 TOLERANCE = 1e-4
@@ -34,8 +34,8 @@ class ExportableClassifier(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values, audio_values, pixel_mask, audio_mask) -> tuple[torch.Tensor]:
-        return (self.model(pixel_values, audio_values, pixel_mask, audio_mask, return_dict=True).logits,)
+    def forward(self, pixel_values, audio_values, visual_segment_mask, audio_segment_mask) -> tuple[torch.Tensor]:
+        return (self.model(pixel_values, audio_values, visual_segment_mask, audio_segment_mask, return_dict=True).logits,)
 
 
 class ExportableFeatures(nn.Module):
@@ -47,8 +47,8 @@ class ExportableFeatures(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values, audio_values, pixel_mask, audio_mask) -> tuple[torch.Tensor, ...]:
-        features = self.model.get_features(pixel_values, audio_values, pixel_mask, audio_mask, normalize=True)
+    def forward(self, pixel_values, audio_values, visual_segment_mask, audio_segment_mask) -> tuple[torch.Tensor, ...]:
+        features = self.model.get_features(pixel_values, audio_values, visual_segment_mask, audio_segment_mask, normalize=True)
         return features.video_embeds, features.audio_embeds, features.clip_embeds
 
 

@@ -46,8 +46,8 @@ class EmbeddingIndex:
     clip_embeds: torch.Tensor  # [N, 2 * hidden], L2-normalised
     visual_cnn: torch.Tensor  # [N, T, visual_embedding_dim]
     audio_cnn: torch.Tensor  # [N, T, audio_embedding_dim]
-    pixel_mask: torch.Tensor  # [N, T]
-    audio_mask: torch.Tensor  # [N, T]
+    visual_segment_mask: torch.Tensor  # [N, T]
+    audio_segment_mask: torch.Tensor  # [N, T]
     skipped: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
@@ -75,16 +75,16 @@ def load_model(model_dir: str | Path) -> tuple[PemtPreTrainedModel, PemtProcesso
 def encode(model: PemtPreTrainedModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Index rows for a processor batch: normalised embeddings and the CNN embeddings."""
     backbone = model._feature_backbone()
-    visual = backbone.embed_visual(inputs["pixel_values"], inputs["pixel_mask"])
-    audio = backbone.embed_audio(inputs["audio_values"], inputs["audio_mask"])
+    visual = backbone.embed_visual(inputs["pixel_values"], inputs["visual_segment_mask"])
+    audio = backbone.embed_audio(inputs["audio_values"], inputs["audio_segment_mask"])
     features = model.get_features(
-        pixel_mask=inputs["pixel_mask"], audio_mask=inputs["audio_mask"], normalize=True,
-        visual_embeddings=visual, audio_embeddings=audio,
+        visual_segment_mask=inputs["visual_segment_mask"], audio_segment_mask=inputs["audio_segment_mask"], normalize=True,
+        visual_cnn_embeddings=visual, audio_cnn_embeddings=audio,
     )
     return {
         "video_embeds": features.video_embeds, "audio_embeds": features.audio_embeds,
         "clip_embeds": features.clip_embeds, "visual_cnn": visual, "audio_cnn": audio,
-        "pixel_mask": inputs["pixel_mask"], "audio_mask": inputs["audio_mask"],
+        "visual_segment_mask": inputs["visual_segment_mask"], "audio_segment_mask": inputs["audio_segment_mask"],
     }
 
 
@@ -132,15 +132,15 @@ def cross_modal_scores(
         count = len(index.paths[rows])
         if mode == "video":
             pair = {
-                "visual_embeddings": query["visual_cnn"].expand(count, -1, -1),
-                "pixel_mask": query["pixel_mask"].expand(count, -1),
-                "audio_embeddings": index.audio_cnn[rows], "audio_mask": index.audio_mask[rows],
+                "visual_cnn_embeddings": query["visual_cnn"].expand(count, -1, -1),
+                "visual_segment_mask": query["visual_segment_mask"].expand(count, -1),
+                "audio_cnn_embeddings": index.audio_cnn[rows], "audio_segment_mask": index.audio_segment_mask[rows],
             }
         else:
             pair = {
-                "visual_embeddings": index.visual_cnn[rows], "pixel_mask": index.pixel_mask[rows],
-                "audio_embeddings": query["audio_cnn"].expand(count, -1, -1),
-                "audio_mask": query["audio_mask"].expand(count, -1),
+                "visual_cnn_embeddings": index.visual_cnn[rows], "visual_segment_mask": index.visual_segment_mask[rows],
+                "audio_cnn_embeddings": query["audio_cnn"].expand(count, -1, -1),
+                "audio_segment_mask": query["audio_segment_mask"].expand(count, -1),
             }
         scores.append(model.correspondence_logits(**pair))
     return torch.cat(scores)

@@ -27,8 +27,8 @@ def inputs(batch: int = 3, seed: int = 0, padded: bool = True) -> dict[str, torc
     return {
         "pixel_values": torch.randn(batch, t, 3, c.frames_per_segment, c.eval_crop_size, c.eval_crop_size, generator=g),
         "audio_values": torch.randn(batch, t, 1, c.num_mel_bins, c.audio_frames, generator=g),
-        "pixel_mask": mask,
-        "audio_mask": mask.clone(),
+        "visual_segment_mask": mask,
+        "audio_segment_mask": mask.clone(),
     }
 
 
@@ -68,8 +68,8 @@ def test_features_are_the_documented_poolings_of_the_backbone_outputs():
     with torch.no_grad():
         output = model(**x)
         features = model.get_features(**x)
-        video = model.get_video_features(x["pixel_values"], x["pixel_mask"], pooling="mean")
-        audio = model.get_audio_features(x["audio_values"], x["audio_mask"], pooling="summary_and_mean", normalize=True)
+        video = model.get_video_features(x["pixel_values"], x["visual_segment_mask"], pooling="mean")
+        audio = model.get_audio_features(x["audio_values"], x["audio_segment_mask"], pooling="summary_and_mean", normalize=True)
         clip = model.get_clip_features(**x)
     h, t = CONFIG.hidden_size, CONFIG.num_segments
     assert features.video_embeds.shape == features.audio_embeds.shape == (3, h)
@@ -99,7 +99,7 @@ def test_padding_segments_change_no_embedding_and_unmasking_them_does():
     noisy["audio_values"][-1, 1:] = -5.0
     with torch.no_grad():
         clean, dirty = model.get_features(**x), model.get_features(**noisy)
-        unmasked = model.get_features(**dict(noisy, pixel_mask=torch.ones_like(x["pixel_mask"])))
+        unmasked = model.get_features(**dict(noisy, visual_segment_mask=torch.ones_like(x["visual_segment_mask"])))
     for name in ("video_embeds", "audio_embeds", "clip_embeds"):
         torch.testing.assert_close(dirty[name], clean[name])
     assert not torch.allclose(unmasked.video_embeds[-1], clean.video_embeds[-1], atol=1e-3)  # negative control
@@ -112,8 +112,8 @@ def test_models_with_heads_give_their_backbones_features(cls):
     backbone.load_state_dict(model.pemt.state_dict())
     x = inputs()
     with torch.no_grad():
-        for method, args in (("get_video_features", (x["pixel_values"], x["pixel_mask"])),
-                             ("get_audio_features", (x["audio_values"], x["audio_mask"])),
+        for method, args in (("get_video_features", (x["pixel_values"], x["visual_segment_mask"])),
+                             ("get_audio_features", (x["audio_values"], x["audio_segment_mask"])),
                              ("get_clip_features", tuple(x.values()))):
             torch.testing.assert_close(getattr(model, method)(*args).pooler_output, getattr(backbone, method)(*args).pooler_output)
 
@@ -126,8 +126,8 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
         features = model.get_features(**x, projected=True)
     assert projected.shape == (3, CONFIG.hidden_size)
     cnn = torch.cat([
-        (out.model_output.visual_embeddings * x["pixel_mask"][..., None]).sum(1) / x["pixel_mask"].sum(1, keepdim=True),
-        (out.model_output.audio_embeddings * x["audio_mask"][..., None]).sum(1) / x["audio_mask"].sum(1, keepdim=True),
+        (out.model_output.visual_cnn_embeddings * x["visual_segment_mask"][..., None]).sum(1) / x["visual_segment_mask"].sum(1, keepdim=True),
+        (out.model_output.audio_cnn_embeddings * x["audio_segment_mask"][..., None]).sum(1) / x["audio_segment_mask"].sum(1, keepdim=True),
     ], dim=-1)
     torch.testing.assert_close(model.classifier(projected) + model.cnn_classifier(cnn), out.logits)
     torch.testing.assert_close(features.clip_embeds, projected)
@@ -140,10 +140,10 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
         seeded(PemtForPreTraining).get_features(**x, projected=True)
     visual = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, classifier_modality="visual"))
     with torch.no_grad():
-        logits = visual(pixel_values=x["pixel_values"], pixel_mask=x["pixel_mask"]).logits
-        embeds = visual.get_video_features(x["pixel_values"], x["pixel_mask"], projected=True).pooler_output
-        cnn = visual(pixel_values=x["pixel_values"], pixel_mask=x["pixel_mask"]).model_output.visual_embeddings
-    mean_cnn = (cnn * x["pixel_mask"][..., None]).sum(1) / x["pixel_mask"].sum(1, keepdim=True)
+        logits = visual(pixel_values=x["pixel_values"], visual_segment_mask=x["visual_segment_mask"]).logits
+        embeds = visual.get_video_features(x["pixel_values"], x["visual_segment_mask"], projected=True).pooler_output
+        cnn = visual(pixel_values=x["pixel_values"], visual_segment_mask=x["visual_segment_mask"]).model_output.visual_cnn_embeddings
+    mean_cnn = (cnn * x["visual_segment_mask"][..., None]).sum(1) / x["visual_segment_mask"].sum(1, keepdim=True)
     torch.testing.assert_close(visual.classifier(embeds) + visual.cnn_classifier(mean_cnn), logits)
 
 
@@ -170,13 +170,13 @@ def test_per_segment_scores_are_one_segment_clips():
         for segment in range(t):
             alone = {
                 "pixel_values": torch.zeros_like(x["pixel_values"]), "audio_values": torch.zeros_like(x["audio_values"]),
-                "pixel_mask": torch.zeros_like(x["pixel_mask"]), "audio_mask": torch.zeros_like(x["audio_mask"]),
+                "visual_segment_mask": torch.zeros_like(x["visual_segment_mask"]), "audio_segment_mask": torch.zeros_like(x["audio_segment_mask"]),
             }
             alone["pixel_values"][:, 0] = x["pixel_values"][:, segment]
             alone["audio_values"][:, 0] = x["audio_values"][:, segment]
-            alone["pixel_mask"][:, 0] = alone["audio_mask"][:, 0] = 1
+            alone["visual_segment_mask"][:, 0] = alone["audio_segment_mask"][:, 0] = 1
             expected = model.correspondence_logits(**alone)
-            real = x["pixel_mask"][:, segment].bool()
+            real = x["visual_segment_mask"][:, segment].bool()
             torch.testing.assert_close(per_segment[real, segment], expected[real])
             assert torch.isnan(per_segment[~real, segment]).all()
     assert per_segment.shape == (3, t)
@@ -188,7 +188,7 @@ def test_correspondence_pipeline_matches_the_model_and_scores_another_files_audi
     processor = PemtProcessor.from_pretrained(pretrained_dir)
     own = processor(videos=str(clips["low"]))
     other = processor(videos=str(clips["tone"]))
-    dubbed = dict(own, audio_values=other["audio_values"], audio_mask=other["audio_mask"])
+    dubbed = dict(own, audio_values=other["audio_values"], audio_segment_mask=other["audio_segment_mask"])
     for query, x in ((str(clips["low"]), own), ({"video": str(clips["low"]), "audio": str(clips["tone"])}, dubbed)):
         result = judge(query)
         with torch.no_grad():
@@ -269,7 +269,7 @@ def test_index_and_search_rank_by_the_documented_scores(pretrained_dir, clips, t
     with torch.no_grad():
         for path in index.paths:
             picture = processor(videos=path)
-            pair = dict(picture, audio_values=query["audio_values"], audio_mask=query["audio_mask"])
+            pair = dict(picture, audio_values=query["audio_values"], audio_segment_mask=query["audio_segment_mask"])
             expected[path] = float(model.correspondence_logits(**pair).sigmoid()[0])
     assert [r["path"] for r in results] == sorted(expected, key=expected.get, reverse=True)
     assert [r["score"] for r in results] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-6)
@@ -293,7 +293,7 @@ def test_index_and_search_rank_by_the_documented_scores(pretrained_dir, clips, t
 def test_every_segment_runner_equals_the_padding_skipping_one_in_eval_only():
     model = seeded(PemtModel)
     x = inputs(padded=True)
-    args = (x["pixel_values"], x["pixel_mask"], CONFIG.visual_embedding_dim)
+    args = (x["pixel_values"], x["visual_segment_mask"], CONFIG.visual_embedding_dim)
     with torch.no_grad():
         skipping = run_cnn_over_segments(model.visual_cnn, *args, chunk_size=0, use_checkpointing=False)
         every = _run_cnn_on_every_segment(model.visual_cnn, *args)

@@ -363,8 +363,8 @@ class PemtEmbeddingsMixin:
         self,
         pixel_values: torch.FloatTensor | None = None,
         audio_values: torch.FloatTensor | None = None,
-        pixel_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
         pooling: str = "summary",
         normalize: bool = False,
         projected: bool = False,
@@ -374,7 +374,7 @@ class PemtEmbeddingsMixin:
         Video, audio and joint clip embeddings from one forward pass of the backbone.
 
         Args:
-            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`] (either modality may be left
+            pixel_values, audio_values, visual_segment_mask, audio_segment_mask: as for [`PemtModel`] (either modality may be left
                 out; `clip_embeds` needs both). `kwargs` go to the backbone (`output_hidden_states`, ...).
             pooling, normalize, projected: see [`PemtEmbeddingsMixin`]. With `projected=True` only the embedding of
                 the model's `classifier_modality` is projected; the others are `None`.
@@ -383,10 +383,10 @@ class PemtEmbeddingsMixin:
             [`PemtFeaturesOutput`].
         """
         output = self._feature_backbone()(
-            pixel_values=pixel_values, audio_values=audio_values, pixel_mask=pixel_mask, audio_mask=audio_mask,
+            pixel_values=pixel_values, audio_values=audio_values, visual_segment_mask=visual_segment_mask, audio_segment_mask=audio_segment_mask,
             return_dict=True, **kwargs,
         )
-        masks = {"visual": pixel_mask, "audio": audio_mask}
+        masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
         unimodal = {"visual": output.visual_last_hidden_state, "audio": output.audio_last_hidden_state}
         embeds = {}
         for name, sequence in unimodal.items():
@@ -419,7 +419,7 @@ class PemtEmbeddingsMixin:
     def _unimodal_features(self, name: str, inputs: dict, pooling: str, normalize: bool, projected: bool, **kwargs):
         output = self._feature_backbone()(**inputs, return_dict=True, **kwargs)
         sequence = getattr(output, f"{name}_last_hidden_state")
-        mask = inputs["pixel_mask" if name == "visual" else "audio_mask"]
+        mask = inputs["visual_segment_mask" if name == "visual" else "audio_segment_mask"]
         embeds = self._embed({name: sequence}, {name: mask}, pooling, normalize, projected)
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence, pooler_output=embeds, hidden_states=getattr(output, f"{name}_hidden_states"),
@@ -429,7 +429,7 @@ class PemtEmbeddingsMixin:
     def get_video_features(
         self,
         pixel_values: torch.FloatTensor,
-        pixel_mask: torch.LongTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
         pooling: str = "summary",
         normalize: bool = False,
         projected: bool = False,
@@ -441,7 +441,7 @@ class PemtEmbeddingsMixin:
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_segments, 3, frames, height, width)`):
                 Video segments, as [`PemtProcessor`] returns them.
-            pixel_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*): 1 for real segments.
+            visual_segment_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*): 1 for real segments.
             pooling, normalize, projected: see [`PemtEmbeddingsMixin`].
 
         Returns:
@@ -449,13 +449,13 @@ class PemtEmbeddingsMixin:
             `last_hidden_state` `(batch_size, 1 + num_segments, hidden_size)`, and the visual hidden states and
             attentions when asked for.
         """
-        inputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+        inputs = {"pixel_values": pixel_values, "visual_segment_mask": visual_segment_mask}
         return self._unimodal_features("visual", inputs, pooling, normalize, projected, **kwargs)
 
     def get_audio_features(
         self,
         audio_values: torch.FloatTensor,
-        audio_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
         pooling: str = "summary",
         normalize: bool = False,
         projected: bool = False,
@@ -467,21 +467,21 @@ class PemtEmbeddingsMixin:
         Args:
             audio_values (`torch.FloatTensor` of shape `(batch_size, num_segments, 1, num_mel_bins, audio_frames)`):
                 Log-mel segments, as [`PemtProcessor`] returns them.
-            audio_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*): 1 for real segments.
+            audio_segment_mask (`torch.LongTensor` of shape `(batch_size, num_segments)`, *optional*): 1 for real segments.
             pooling, normalize, projected: see [`PemtEmbeddingsMixin`].
 
         Returns:
             `BaseModelOutputWithPooling` as for [`~PemtEmbeddingsMixin.get_video_features`], for the audio side.
         """
-        inputs = {"audio_values": audio_values, "audio_mask": audio_mask}
+        inputs = {"audio_values": audio_values, "audio_segment_mask": audio_segment_mask}
         return self._unimodal_features("audio", inputs, pooling, normalize, projected, **kwargs)
 
     def get_clip_features(
         self,
         pixel_values: torch.FloatTensor,
         audio_values: torch.FloatTensor,
-        pixel_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
         pooling: str = "summary",
         normalize: bool = False,
         projected: bool = False,
@@ -491,7 +491,7 @@ class PemtEmbeddingsMixin:
         Joint clip embeddings of picture and sound (the multimodal Transformer's output).
 
         Args:
-            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`]; both modalities are required.
+            pixel_values, audio_values, visual_segment_mask, audio_segment_mask: as for [`PemtModel`]; both modalities are required.
             pooling, normalize, projected: see [`PemtEmbeddingsMixin`].
 
         Returns:
@@ -502,10 +502,10 @@ class PemtEmbeddingsMixin:
         if pixel_values is None or audio_values is None:
             raise ValueError("get_clip_features needs both pixel_values and audio_values.")
         output = self._feature_backbone()(
-            pixel_values=pixel_values, audio_values=audio_values, pixel_mask=pixel_mask, audio_mask=audio_mask,
+            pixel_values=pixel_values, audio_values=audio_values, visual_segment_mask=visual_segment_mask, audio_segment_mask=audio_segment_mask,
             return_dict=True, **kwargs,
         )
-        masks = {"visual": pixel_mask, "audio": audio_mask}
+        masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
         embeds = self._embed(self._joint_sequences(output), masks, pooling, normalize, projected)
         return BaseModelOutputWithPooling(
             last_hidden_state=output.multimodal_last_hidden_state, pooler_output=embeds,
@@ -1092,7 +1092,7 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
             correct, counted = correct + hits.sum(), counted + hits.numel()
         multimodal_mep_loss = (losses["multimodal_visual"] + losses["multimodal_audio"]) / 2
 
-        cpp_logits = self.cpp_logits(multimodal, pixel_mask, audio_mask)
+        cpp_logits = self.cpp_logits(multimodal, visual_segment_mask, audio_segment_mask)
         cpp_labels = (~swapped).to(cpp_logits.dtype)
         cpp_loss = F.binary_cross_entropy_with_logits(cpp_logits, cpp_labels)
         total = losses["visual"] + losses["audio"] + multimodal_mep_loss + cpp_loss
@@ -1112,15 +1112,15 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
 
 
     def cpp_logits(
-        self, multimodal_last_hidden_state: torch.Tensor, pixel_mask: torch.Tensor, audio_mask: torch.Tensor
+        self, multimodal_last_hidden_state: torch.Tensor, visual_segment_mask: torch.Tensor, audio_segment_mask: torch.Tensor
     ) -> torch.Tensor:
         """Correct pair prediction's head on a multimodal output `[batch, 2 + 2T, hidden]` -> logits `[batch]`."""
-        length = pixel_mask.shape[1]
+        length = visual_segment_mask.shape[1]
         # Each modality's part of the multimodal output is pooled as the downstream head pools it. The product gives
         # the MLP the agreement of the two directly; from a concatenation alone it would have to learn that
         # multiplicative interaction, which it does slowly.
-        visual_pooled = summary_and_mean(multimodal_last_hidden_state[:, : 1 + length], pixel_mask)
-        audio_pooled = summary_and_mean(multimodal_last_hidden_state[:, 1 + length :], audio_mask)
+        visual_pooled = summary_and_mean(multimodal_last_hidden_state[:, : 1 + length], visual_segment_mask)
+        audio_pooled = summary_and_mean(multimodal_last_hidden_state[:, 1 + length :], audio_segment_mask)
         cpp_features = torch.cat([visual_pooled, audio_pooled, visual_pooled * audio_pooled], dim=-1)
         return self.cpp_head(cpp_features).squeeze(-1)
 
@@ -1130,10 +1130,10 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
         self,
         pixel_values: torch.FloatTensor | None = None,
         audio_values: torch.FloatTensor | None = None,
-        pixel_mask: torch.LongTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
-        visual_embeddings: torch.FloatTensor | None = None,
-        audio_embeddings: torch.FloatTensor | None = None,
+        visual_segment_mask: torch.LongTensor | None = None,
+        audio_segment_mask: torch.LongTensor | None = None,
+        visual_cnn_embeddings: torch.FloatTensor | None = None,
+        audio_cnn_embeddings: torch.FloatTensor | None = None,
         per_segment: bool = False,
     ) -> torch.Tensor:
         r"""
@@ -1141,9 +1141,9 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
         is the probability that the audio is the video's own. Nothing is masked or swapped (unlike `forward`).
 
         Args:
-            pixel_values, audio_values, pixel_mask, audio_mask: as for [`PemtModel`]; the audio may come from
+            pixel_values, audio_values, visual_segment_mask, audio_segment_mask: as for [`PemtModel`]; the audio may come from
                 another file than the video.
-            visual_embeddings, audio_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, dim)`, *optional*):
+            visual_cnn_embeddings, audio_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, dim)`, *optional*):
                 CNN embeddings instead of raw inputs (computed once, they can be paired with many candidates).
             per_segment (`bool`, *optional*, defaults to `False`): score each segment on its own: segment `t`'s
                 picture and sound as a clip of one real segment (as a clip shorter than one segment is presented
@@ -1153,18 +1153,18 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
             `torch.FloatTensor`: logits of shape `(batch_size,)`, or `(batch_size, num_segments)` with
             `per_segment=True` (NaN where either modality's segment is padding).
         """
-        if visual_embeddings is None:
+        if visual_cnn_embeddings is None:
             if pixel_values is None:
-                raise ValueError("correspondence_logits needs pixel_values or visual_embeddings.")
-            visual_embeddings = self.pemt.embed_visual(pixel_values, pixel_mask)
-        if audio_embeddings is None:
+                raise ValueError("correspondence_logits needs pixel_values or visual_cnn_embeddings.")
+            visual_cnn_embeddings = self.pemt.embed_visual(pixel_values, visual_segment_mask)
+        if audio_cnn_embeddings is None:
             if audio_values is None:
-                raise ValueError("correspondence_logits needs audio_values or audio_embeddings.")
-            audio_embeddings = self.pemt.embed_audio(audio_values, audio_mask)
-        batch, length = visual_embeddings.shape[:2]
-        ones = visual_embeddings.new_ones(batch, length, dtype=torch.long)
-        pixel_mask = ones if pixel_mask is None else pixel_mask
-        audio_mask = ones if audio_mask is None else audio_mask
+                raise ValueError("correspondence_logits needs audio_values or audio_cnn_embeddings.")
+            audio_cnn_embeddings = self.pemt.embed_audio(audio_values, audio_segment_mask)
+        batch, length = visual_cnn_embeddings.shape[:2]
+        ones = visual_cnn_embeddings.new_ones(batch, length, dtype=torch.long)
+        visual_segment_mask = ones if visual_segment_mask is None else visual_segment_mask
+        audio_segment_mask = ones if audio_segment_mask is None else audio_segment_mask
         if per_segment:
             # Row (b, t) holds segment t of clip b at the first position and padding after it.
             first = torch.zeros(length, dtype=torch.long, device=ones.device)
@@ -1177,16 +1177,16 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
                 return rows
 
             logits = self.correspondence_logits(
-                visual_embeddings=single(visual_embeddings), audio_embeddings=single(audio_embeddings),
-                pixel_mask=one_real, audio_mask=one_real,
+                visual_cnn_embeddings=single(visual_cnn_embeddings), audio_cnn_embeddings=single(audio_cnn_embeddings),
+                visual_segment_mask=one_real, audio_segment_mask=one_real,
             ).view(batch, length)
-            real = pixel_mask.bool() & audio_mask.bool()
+            real = visual_segment_mask.bool() & audio_segment_mask.bool()
             return logits.masked_fill(~real, float("nan"))
         output = self.pemt(
-            visual_embeddings=visual_embeddings, audio_embeddings=audio_embeddings, pixel_mask=pixel_mask,
-            audio_mask=audio_mask, return_dict=True,
+            visual_cnn_embeddings=visual_cnn_embeddings, audio_cnn_embeddings=audio_cnn_embeddings, visual_segment_mask=visual_segment_mask,
+            audio_segment_mask=audio_segment_mask, return_dict=True,
         )
-        return self.cpp_logits(output.multimodal_last_hidden_state, pixel_mask, audio_mask)
+        return self.cpp_logits(output.multimodal_last_hidden_state, visual_segment_mask, audio_segment_mask)
 
 
 __all__ = [

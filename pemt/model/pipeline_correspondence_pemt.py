@@ -54,7 +54,7 @@ class AudioVisualCorrespondencePipeline(Pipeline):
         features = dict(self.processor(videos=video, require_video=True, require_audio=audio is None, return_tensors="pt"))
         if audio is not None:
             sound = self.processor(videos=audio, require_audio=True, return_tensors="pt")
-            features["audio_values"], features["audio_mask"] = sound["audio_values"], sound["audio_mask"]
+            features["audio_values"], features["audio_segment_mask"] = sound["audio_values"], sound["audio_segment_mask"]
         features["starts"] = self._segment_starts(video)
         return features
 
@@ -74,11 +74,11 @@ class AudioVisualCorrespondencePipeline(Pipeline):
     def _forward(self, model_inputs: dict) -> dict:
         starts = model_inputs.pop("starts")
         model = self.model
-        visual = model.pemt.embed_visual(model_inputs["pixel_values"], model_inputs["pixel_mask"])
-        audio = model.pemt.embed_audio(model_inputs["audio_values"], model_inputs["audio_mask"])
-        masks = {"pixel_mask": model_inputs["pixel_mask"], "audio_mask": model_inputs["audio_mask"]}
-        clip = model.correspondence_logits(visual_embeddings=visual, audio_embeddings=audio, **masks)
-        segments = model.correspondence_logits(visual_embeddings=visual, audio_embeddings=audio, per_segment=True, **masks)
+        visual = model.pemt.embed_visual(model_inputs["pixel_values"], model_inputs["visual_segment_mask"])
+        audio = model.pemt.embed_audio(model_inputs["audio_values"], model_inputs["audio_segment_mask"])
+        masks = {"visual_segment_mask": model_inputs["visual_segment_mask"], "audio_segment_mask": model_inputs["audio_segment_mask"]}
+        clip = model.correspondence_logits(visual_cnn_embeddings=visual, audio_cnn_embeddings=audio, **masks)
+        segments = model.correspondence_logits(visual_cnn_embeddings=visual, audio_cnn_embeddings=audio, per_segment=True, **masks)
         return {"clip": clip, "segments": segments, "starts": starts}
 
     def postprocess(self, model_outputs: dict) -> dict[str, Any]:

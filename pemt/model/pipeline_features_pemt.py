@@ -65,19 +65,19 @@ class AudioVisualFeatureExtractionPipeline(Pipeline):
             "clip_embedding": features.clip_embeds,
             "video_segments": output.visual_last_hidden_state[:, 1:],
             "audio_segments": output.audio_last_hidden_state[:, 1:],
-            "pixel_mask": model_inputs["pixel_mask"],
-            "audio_mask": model_inputs["audio_mask"],
+            "visual_segment_mask": model_inputs["visual_segment_mask"],
+            "audio_segment_mask": model_inputs["audio_segment_mask"],
         }
 
     def postprocess(self, model_outputs: dict, segment_embeddings: bool = False, return_tensors: bool = False) -> dict:
-        has = {"video": bool(model_outputs["pixel_mask"][0].any()), "audio": bool(model_outputs["audio_mask"][0].any())}
+        has = {"video": bool(model_outputs["visual_segment_mask"][0].any()), "audio": bool(model_outputs["audio_segment_mask"][0].any())}
         needs = {"video_embedding": ("video",), "audio_embedding": ("audio",), "clip_embedding": ("video", "audio")}
         result = {}
         for key, modalities in needs.items():
             keep = all(has[m] for m in modalities)
             result[key] = model_outputs[key][0].float() if keep else None
         if segment_embeddings:
-            for name, mask in (("video", "pixel_mask"), ("audio", "audio_mask")):
+            for name, mask in (("video", "visual_segment_mask"), ("audio", "audio_segment_mask")):
                 real = model_outputs[mask][0].bool()
                 result[f"{name}_segment_embeddings"] = model_outputs[f"{name}_segments"][0][real].float() if has[name] else None
         if not return_tensors:
