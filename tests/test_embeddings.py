@@ -138,6 +138,9 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
         seeded(PemtModel).get_clip_features(**x, projected=True)
     with pytest.raises(ValueError, match="no trained projection"):
         seeded(PemtForPreTraining).get_features(**x, projected=True)
+    segment_head = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, classifier_head="segment"))
+    with pytest.raises(ValueError, match="no trained projection"):
+        segment_head.get_clip_features(**x, projected=True)
     visual = seeded(PemtForAudioVisualClassification, PemtConfig.from_preset("tiny", num_labels=3, classifier_modality="visual"))
     with torch.no_grad():
         logits = visual(pixel_values=x["pixel_values"], visual_segment_mask=x["visual_segment_mask"]).logits

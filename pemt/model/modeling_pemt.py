@@ -338,9 +338,9 @@ class PemtEmbeddingsMixin:
             of the real segments) or `"summary_and_mean"` (both, concatenated).
         normalize (`bool`, defaults to `False`): L2-normalise the embeddings, so that dot products are cosines.
         projected (`bool`, defaults to `False`): pass through the model's own trained projection instead of
-            `pooling`: a fine-tuned [`PemtForAudioVisualClassification`] maps the sequences of its
-            `classifier_modality` to the `hidden_size` vector its classifier reads. Models without such a
-            projection raise a `ValueError`.
+            `pooling`: a fine-tuned [`PemtForAudioVisualClassification`] with `classifier_head="clip"` maps the
+            sequences of its `classifier_modality` to the `hidden_size` vector its classifier reads. Models without
+            such a projection raise a `ValueError`.
     """
 
     def _feature_backbone(self) -> PemtModel:
@@ -908,7 +908,8 @@ class PemtForAudioVisualClassification(PemtEmbeddingsMixin, PemtPreTrainedModel)
     # --- Embeddings API: the classification head's own projection (see PemtEmbeddingsMixin) ---------------------
 
     def _projects(self, modalities: tuple[str, ...]) -> bool:
-        return set(modalities) == set(self.modalities)
+        # Only the clip head maps a clip to one vector; the segment head classifies segments, the CNN head no sequence.
+        return self.config.classifier_head == "clip" and set(modalities) == set(self.modalities)
 
     def _project_features(self, sequences: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None]) -> torch.Tensor:
         """The `[batch, hidden_size]` vector the classifier reads (before dropout), for this model's modalities."""
