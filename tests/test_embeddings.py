@@ -124,10 +124,12 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
         out = model(**x)
         projected = model.get_clip_features(**x, projected=True).pooler_output
         features = model.get_features(**x, projected=True)
+        visual_cnn = model.pemt.embed_visual(x["pixel_values"], x["visual_segment_mask"])
+        audio_cnn = model.pemt.embed_audio(x["audio_values"], x["audio_segment_mask"])
     assert projected.shape == (3, CONFIG.hidden_size)
     cnn = torch.cat([
-        (out.model_output.visual_cnn_embeddings * x["visual_segment_mask"][..., None]).sum(1) / x["visual_segment_mask"].sum(1, keepdim=True),
-        (out.model_output.audio_cnn_embeddings * x["audio_segment_mask"][..., None]).sum(1) / x["audio_segment_mask"].sum(1, keepdim=True),
+        (visual_cnn * x["visual_segment_mask"][..., None]).sum(1) / x["visual_segment_mask"].sum(1, keepdim=True),
+        (audio_cnn * x["audio_segment_mask"][..., None]).sum(1) / x["audio_segment_mask"].sum(1, keepdim=True),
     ], dim=-1)
     torch.testing.assert_close(model.classifier(projected) + model.cnn_classifier(cnn), out.logits)
     torch.testing.assert_close(features.clip_embeds, projected)
@@ -145,7 +147,7 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
     with torch.no_grad():
         logits = visual(pixel_values=x["pixel_values"], visual_segment_mask=x["visual_segment_mask"]).logits
         embeds = visual.get_video_features(x["pixel_values"], x["visual_segment_mask"], projected=True).pooler_output
-        cnn = visual(pixel_values=x["pixel_values"], visual_segment_mask=x["visual_segment_mask"]).model_output.visual_cnn_embeddings
+        cnn = visual.pemt.embed_visual(x["pixel_values"], x["visual_segment_mask"])
     mean_cnn = (cnn * x["visual_segment_mask"][..., None]).sum(1) / x["visual_segment_mask"].sum(1, keepdim=True)
     torch.testing.assert_close(visual.classifier(embeds) + visual.cnn_classifier(mean_cnn), logits)
 
