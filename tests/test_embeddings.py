@@ -208,6 +208,8 @@ def test_correspondence_pipeline_matches_the_model_and_scores_another_files_audi
     assert len(judge(str(clips["short"]))["segments"]) == 1  # one real segment
     with pytest.raises(MediaDecodeError, match="silent.mkv"):
         judge(str(clips["silent"]))
+    with pytest.raises(TypeError, match="unknown argument.*audio"):
+        judge(str(clips["low"]), audio=str(clips["tone"]))  # misspelt use: the pair goes in a dict
     with pytest.raises(MediaDecodeError, match="silent.mkv"):
         judge({"video": str(clips["low"]), "audio": str(clips["silent"])})
 

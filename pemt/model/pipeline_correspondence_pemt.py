@@ -43,7 +43,12 @@ class AudioVisualCorrespondencePipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(self, **kwargs) -> tuple[dict, dict, dict]:
+    def _sanitize_parameters(self, **unknown) -> tuple[dict, dict, dict]:
+        if unknown:
+            raise TypeError(
+                f"audio-visual-correspondence got unknown argument(s) {', '.join(sorted(unknown))}; it takes none "
+                "(besides batch_size and num_workers): pass {'video': ..., 'audio': ...} to score another file's sound."
+            )
         return {}, {}, {}
 
     def preprocess(self, inputs: Any) -> dict[str, Any]:
@@ -92,3 +97,8 @@ class AudioVisualCorrespondencePipeline(Pipeline):
             end = None if starts is None else round(float(starts[index]) + span, 3)
             segments.append({"segment": index, "start": start, "end": end, "score": float(logit.sigmoid())})
         return {"score": float(model_outputs["clip"][0].float().sigmoid()), "segments": segments}
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Saves the model and the processor, so that `pipeline(model=save_directory)` rebuilds this pipeline."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)

@@ -43,8 +43,13 @@ class AudioVisualFeatureExtractionPipeline(Pipeline):
         normalize: bool | None = None,
         segment_embeddings: bool | None = None,
         return_tensors: bool | None = None,
-        **kwargs,
+        **unknown,
     ) -> tuple[dict, dict, dict]:
+        if unknown:
+            raise TypeError(
+                f"audio-visual-feature-extraction got unknown argument(s) {', '.join(sorted(unknown))}; it takes "
+                "pooling, normalize, segment_embeddings and return_tensors (and batch_size, num_workers)."
+            )
         forward = {key: value for key, value in (("pooling", pooling), ("normalize", normalize)) if value is not None}
         postprocess = {}
         if segment_embeddings is not None:
@@ -83,3 +88,8 @@ class AudioVisualFeatureExtractionPipeline(Pipeline):
         if not return_tensors:
             result = {key: None if value is None else value.tolist() for key, value in result.items()}
         return result
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Saves the model and the processor, so that `pipeline(model=save_directory)` rebuilds this pipeline."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
