@@ -23,6 +23,7 @@ from .errors import PemtUsageError, one_line, usage_exit
 # imported only when its command runs, so `pemt --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("pemt.data.demo:main", "Write the small labelled audio-visual demo data set (videofolder layout)."),
+    "prepare": ("pemt.data.prepare:main", "Transcode videos once into training-ready shards with a manifest (resumable, parallel)."),
     "pretrain": ("pemt.training.pretrain:main", "Self-supervised pretraining (MEP + CPP) on unlabeled video."),
     "finetune": ("pemt.training.finetune:main", "Fine-tune a classifier (audio-visual, visual or audio; linear probe optional)."),
     "evaluate": ("pemt.training.evaluate:main", "Top-1/top-5 accuracy or mAP of a fine-tuned classifier, with a confusion matrix."),
