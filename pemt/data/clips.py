@@ -69,8 +69,8 @@ class ClipDataset(torch.utils.data.Dataset):
         max_skips (`int`, *optional*, defaults to 16): consecutive unreadable clips tolerated before giving up
             (many in a row means the data, not a clip, is broken).
 
-    Items are dicts of tensors: `pixel_values` `[k * T, 3, F, crop, crop]`, `audio_values`, `pixel_mask`,
-    `audio_mask` and `labels` (-1 for unlabelled clips); [`stack_clips`] batches them.
+    Items are dicts of tensors: `pixel_values` `[k * T, 3, F, crop, crop]`, `audio_values`, `visual_segment_mask`,
+    `audio_segment_mask` and `labels` (-1 for unlabelled clips); [`stack_clips`] batches them.
     """
 
     def __init__(
