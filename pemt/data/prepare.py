@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
