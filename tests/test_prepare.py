@@ -38,6 +38,20 @@ def sources(tmp_path_factory):
     return root
 
 
+def test_clips_with_one_stream_keep_it(tmp_path):
+    write_media(tmp_path / "silent.mp4", seconds=1.6, sample_rate=None)
+    write_media(tmp_path / "sound.wav", seconds=1.2, video=False)
+    summary = prepare(tmp_path, tmp_path / "out", SETTINGS)
+    assert summary["clips"] == 2 and summary["errors"] == 0
+    manifest = {os.path.basename(r["source"]): r for r in map(json.loads, (tmp_path / "out" / "manifest.jsonl").read_text().splitlines())}
+    assert manifest["silent.mp4"]["duration"] == pytest.approx(1.6, abs=0.25)
+    assert manifest["sound.wav"]["duration"] == pytest.approx(1.2, abs=0.05)
+    with av.open(str(tmp_path / "out" / manifest["silent.mp4"]["path"])) as container:
+        assert [s.type for s in container.streams] == ["video"]
+    with av.open(str(tmp_path / "out" / manifest["sound.wav"]["path"])) as container:
+        assert [s.type for s in container.streams] == ["audio"]
+
+
 def test_settings_follow_the_model_config():
     assert (SETTINGS.short_side, SETTINGS.fps, SETTINGS.sampling_rate) == (24, 5.0, 8000)
     paper = PrepareSettings.from_model_config(PemtConfig.from_preset("paper"))

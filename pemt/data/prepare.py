@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["PrepareSettings", "list_inputs", "prepare", "transcode_clip", "read_manifest", "is_prepared", "main"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".ts")
+# Audio-only collections (ESC-50 is wav files) are prepared too; their clips have no video stream.
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev")
 SETTINGS_FILE, MANIFEST_FILE, ERRORS_FILE, PROGRESS_FILE = "prepare.json", "manifest.jsonl", "errors.json", "progress.jsonl"
 FORMAT_VERSION = 1
@@ -98,7 +100,7 @@ def _scan_folder(root: Path) -> list[dict]:
     """Flat folder (unlabelled), `root/<class>/*`, or `root/<split>/<class>/*` (and `root/<split>/*`)."""
 
     def videos(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
 
     def scan(folder: Path, split: str | None) -> list[dict]:
         found = [_entry(str(p), None, split) for p in videos(folder)]
@@ -157,7 +159,8 @@ def _read_hub(name: str, video_column: str, label_column: str) -> list[dict]:
             if isinstance(label_feature, datasets.ClassLabel) and label is not None:
                 label = label_feature.int2str(label)
             if isinstance(video, dict):
-                name_of = video.get("path") or f"{name}/{split or 'data'}/{index}"
+                # Splits may reuse file names: the split is part of the name (and so of the clip's id).
+                name_of = f"{split}/{video.get('path') or index}" if split else (video.get("path") or str(index))
                 source = video if video.get("bytes") is not None else video.get("path")
             else:
                 name_of, source = str(video), str(video)
@@ -277,7 +280,7 @@ def transcode_clip(source: Any, target: str | os.PathLike, settings: PrepareSett
                 for resampled in resampler.resample(None):
                     audio_samples = _encode_audio(out, out_audio, resampled, audio_samples, settings.sampling_rate)
                 out.mux(out_audio.encode(None))
-    duration = max(tick / rate if rate else 0.0, audio_samples / settings.sampling_rate if in_audio is not None else 0.0)
+    duration = max(float(tick / rate) if rate else 0.0, audio_samples / settings.sampling_rate if in_audio is not None else 0.0)
     os.replace(partial, target)
     return duration
 
@@ -353,7 +356,7 @@ def prepare(
     settings_path.write_text(json.dumps({**wanted, "shard_size": shard_size}, indent=2) + "\n")
     entries = list_inputs(input, video_column, label_column)
     if not entries:
-        raise ValueError(f"{input}: no video files found (extensions: {', '.join(VIDEO_EXTENSIONS)}).")
+        raise ValueError(f"{input}: no media files found (extensions: {', '.join(MEDIA_EXTENSIONS)}).")
     seen: set[str] = set()
     for entry in entries:
         if entry["id"] in seen:
