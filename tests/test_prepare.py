@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -16,7 +15,7 @@ from pemt.data.loading import load_video_folder
 from pemt.data.prepare import PrepareSettings, list_inputs, main as prepare_main, prepare
 from pemt.model.configuration_pemt import PemtConfig
 from pemt.model.processing_pemt import PemtProcessor
-from pemt.training.data_setup import load_raw_splits
+from pemt.training.data_setup import DataArguments, load_raw_splits
 from pemt.training.evaluate import load_evaluation_set
 from tests.media_fixtures import write_media
 
@@ -168,7 +167,7 @@ def test_prepared_folder_with_splits_loads_as_splits(sources, tmp_path):
     assert torch.isfinite(PemtProcessor.from_model_config(CONFIG)(videos=loaded["test"][0]["video"])["pixel_values"]).all()
 
     # The training and evaluation commands take the prepared folder where they take a videofolder.
-    args = argparse.Namespace(train_dir=str(tmp_path / "out"), train_file=None, eval_dir=None, eval_file=None)
+    args = DataArguments(train_dir=str(tmp_path / "out"))
     train, evaluation = load_raw_splits(args)
     assert train["video"] == loaded["train"]["video"] and evaluation["video"] == loaded["test"]["video"]
     assert load_evaluation_set(str(tmp_path / "out"), None)["video"] == loaded["test"]["video"]
