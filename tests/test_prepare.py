@@ -170,4 +170,4 @@ def test_prepared_folder_with_splits_loads_as_splits(sources, tmp_path):
     args = DataArguments(train_dir=str(tmp_path / "out"))
     train, evaluation = load_raw_splits(args)
     assert train["video"] == loaded["train"]["video"] and evaluation["video"] == loaded["test"]["video"]
-    assert load_evaluation_set(str(tmp_path / "out"), None)["video"] == loaded["test"]["video"]
+    assert load_evaluation_set(DataArguments(eval_dir=str(tmp_path / "out")))["video"] == loaded["test"]["video"]

@@ -469,9 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from ..training.loop import load_model_config
+    from ..training.arguments import ModelArguments, load_model_config
 
-    config = load_model_config(args.model_config)
+    config = load_model_config(ModelArguments(model_config=args.model_config))
     settings = PrepareSettings.from_model_config(
         config, gop=args.gop, crf=args.crf, max_video_kbps=args.max_video_kbps, audio_kbps=args.audio_kbps
     )
