@@ -23,6 +23,7 @@ from .errors import PemtUsageError, one_line, usage_exit
 # imported only when its command runs, so `pemt --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("pemt.data.demo:main", "Write the small labelled audio-visual demo data set (videofolder layout)."),
+    "prepare": ("pemt.data.prepare:main", "Transcode videos once into training-ready shards with a manifest (resumable, parallel)."),
     "pretrain": ("pemt.training.pretrain:main", "Self-supervised pretraining (MEP + CPP) on unlabeled video."),
     "finetune": ("pemt.training.finetune:main", "Fine-tune a classifier (audio-visual, visual or audio; linear probe optional)."),
     "evaluate": ("pemt.training.evaluate:main", "Top-1/top-5 accuracy or mAP of a fine-tuned classifier, with a confusion matrix."),
@@ -119,8 +120,9 @@ def demo(argv: list[str]) -> dict:
     make_demo_data(data, seed=args.seed, workers=2)
     stage("demo data")
     # A demo run replaces the previous one in the same folder.
+    # The demo set is tiny: decoding it once beats decoding every epoch (README, "Training at scale").
     common = ["--train_dir", str(data), "--cache_dir", str(cache), "--seed", str(args.seed), "--model_config", "small",
-              "--overwrite_output_dir"]
+              "--overwrite_output_dir", "--data_mode", "in_memory"]
     pretraining = pretrain.main(
         ["--output_dir", str(pretrained), "--max_steps", str(args.pretraining_steps), *DEMO_PRETRAINING_ARGS, *common]
     )

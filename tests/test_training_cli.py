@@ -201,15 +201,13 @@ def test_accelerate_launch_on_cpu_that_starts_one_process_is_explained(tmp_path)
 
 
 def test_two_process_evaluation_scores_each_clip_once(tmp_path, demo_data, preprocessing_cache, pretrained_tiny):
-    import functools
     import socket
 
     import torch
     from accelerate import Accelerator
 
     from pemt import PemtForAudioVisualClassification, PemtProcessor
-    from pemt.data.loading import collate
-    from pemt.training.data_setup import preprocess_splits
+    from pemt.data.clips import ClipDataset, stack_clips
     from pemt.training.finetune import evaluate_preprocessed
 
     with socket.socket() as probe:
@@ -233,13 +231,12 @@ def test_two_process_evaluation_scores_each_clip_once(tmp_path, demo_data, prepr
     # The same weights evaluated by one process over every clip once.
     model = PemtForAudioVisualClassification.from_pretrained(output_dir)
     processor = PemtProcessor.from_pretrained(output_dir)
-    _, evaluation, _, _ = preprocess_splits(
-        DataArguments(train_dir=str(demo_data), cache_dir=str(preprocessing_cache)), tmp_path / "one", processor, Accelerator()
-    )
+    _, raw_evaluation = load_raw_splits(DataArguments(train_dir=str(demo_data)))
+    evaluation = ClipDataset(raw_evaluation, processor, training=False)  # what the run evaluated on (on the fly)
     assert len(evaluation) == 24
 
     def mean_ap(dataset) -> float:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=functools.partial(collate, processor=processor, training=False))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=stack_clips)
         torch.manual_seed(0)
         return evaluate_preprocessed(model, Accelerator(), loader)["mAP"]
 

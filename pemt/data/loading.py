@@ -25,27 +25,42 @@ from ..model.processing_pemt import PemtProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VIDEO_EXTENSIONS", "load_video_folder", "load_video_list", "from_hub_dataset", "preprocess_dataset", "collate", "label_names"]
+__all__ = ["VIDEO_EXTENSIONS", "load_video_folder", "load_prepared", "load_video_list", "from_hub_dataset", "preprocess_dataset", "collate", "label_names"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".ts")
 
 
-def _labelled(paths: list[str], labels: list[str], names: list[str] | None = None) -> datasets.Dataset:
+def _labelled(paths: list[str], labels: list[str | None], names: list[str] | None = None) -> datasets.Dataset:
+    """`video` + `label` (`ClassLabel`), or only `video` when no clip has a label (unlabelled pretraining data)."""
+    if all(label is None for label in labels):
+        return datasets.Dataset.from_dict({"video": paths}, features=datasets.Features({"video": datasets.Value("string")}))
+    missing = [path for path, label in zip(paths, labels) if label is None]
+    if missing:
+        raise ValueError(f"{len(missing)} clip(s) have no label while others have one, e.g. {missing[0]}.")
     names = names or sorted(set(labels))
     features = datasets.Features({"video": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     return datasets.Dataset.from_dict({"video": paths, "label": [names.index(label) for label in labels]}, features=features)
 
 
 def load_video_folder(root: str | os.PathLike) -> datasets.DatasetDict | datasets.Dataset:
-    """A `videofolder` layout: `root/<class>/*.mp4`, or split folders `root/<split>/<class>/*.mp4`.
+    """A `videofolder` layout: `root/<class>/*.mp4`, or split folders `root/<split>/<class>/*.mp4`; or a flat
+    folder of unlabelled clips `root/*.mp4` (also `root/<split>/*.mp4`). A folder written by `pemt prepare` is
+    read through its manifest ([`load_prepared`]).
 
     Returns a `Dataset` (no split folders) or a `DatasetDict` with columns `video` (path) and `label`
-    (`ClassLabel`, classes sorted by name and shared by all splits).
+    (`ClassLabel`, classes sorted by name and shared by all splits; absent for unlabelled clips).
     """
-    root = Path(root)
+    from .prepare import is_prepared
 
-    def scan(folder: Path) -> tuple[list[str], list[str]]:
-        paths, labels = [], []
+    if is_prepared(root):
+        return load_prepared(root)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder.")
+
+    def scan(folder: Path) -> tuple[list[str], list[str | None]]:
+        flat = [str(f) for f in sorted(folder.iterdir()) if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS]
+        paths, labels = flat, [None] * len(flat)
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             for file in sorted(class_dir.iterdir()):
                 if file.suffix.lower() in VIDEO_EXTENSIONS:
@@ -57,14 +72,59 @@ def load_video_folder(root: str | os.PathLike) -> datasets.DatasetDict | dataset
     split_names = {"train", "test", "validation", "valid", "val", "dev"}
     if subfolders and all(p.name in split_names for p in subfolders):
         scanned = {p.name: scan(p) for p in subfolders}
-        names = sorted({label for _, labels in scanned.values() for label in labels})
-        return datasets.DatasetDict({split: _labelled(*scanned[split], names) for split in scanned})
-    return _labelled(*scan(root))
+        names = sorted({label for _, labels in scanned.values() for label in labels} - {None})
+        return datasets.DatasetDict({split: _labelled(*scanned[split], names or None) for split in scanned})
+    paths, labels = scan(root)
+    if not paths:
+        raise ValueError(f"{root}: no video files, neither in it nor in class folders ({', '.join(VIDEO_EXTENSIONS)}).")
+    return _labelled(paths, labels)
+
+
+def load_prepared(root: str | os.PathLike) -> datasets.DatasetDict | datasets.Dataset:
+    """A folder written by `pemt prepare`, through its manifest: `video` (absolute path of the prepared clip),
+    `label` (`ClassLabel`, if the clips have labels), `duration`, `source`; a `DatasetDict` if it has splits.
+
+    The manifest stays in Arrow buffers: a data set of a million clips costs tens of MB, shared by forked
+    data-loader workers instead of copied into each."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .prepare import read_manifest
+
+    root = Path(root).resolve()
+    _, table = read_manifest(root)
+    if table.num_rows == 0:
+        raise ValueError(f"{root}: the manifest lists no clip (see errors.json there for the files that failed).")
+    columns = {"video": pc.binary_join_element_wise(str(root) + os.sep, table["path"], ""), "duration": table["duration"]}
+    columns["source"] = table["source"]
+    names = None
+    if "label" in table.column_names:
+        labels = table["label"].cast(pa.string())
+        names = sorted(set(labels.to_pylist()) - {None})
+        if labels.null_count:
+            raise ValueError(f"{root}: {labels.null_count} clip(s) in the manifest have no label while others have one.")
+        columns["label"] = pc.index_in(labels, value_set=pa.array(names))
+    base = pa.table(columns)
+    features = datasets.Features(
+        {"video": datasets.Value("string"), "duration": datasets.Value("float64"), "source": datasets.Value("string")}
+    )
+    if names is not None:
+        features["label"] = datasets.ClassLabel(names=names)
+
+    def make(selected: pa.Table) -> datasets.Dataset:
+        return datasets.Dataset(selected.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
+
+    if "split" not in table.column_names:
+        return make(base)
+    splits = table["split"]
+    return datasets.DatasetDict(
+        {split: make(base.filter(pc.equal(splits, split))) for split in sorted(set(splits.to_pylist()) - {None})}
+    )
 
 
 def load_video_list(file: str | os.PathLike) -> datasets.Dataset:
-    """A CSV (`path,label` header) or JSONL (`{"path": ..., "label": ...}` per line) file; relative paths are read
-    relative to the file's folder."""
+    """A CSV (`path[,label]` header) or JSONL (`{"path": ...[, "label": ...]}` per line) file; relative paths are
+    read relative to the file's folder. Without labels the data set has only `video` (pretraining data)."""
     file = Path(file)
     if file.suffix.lower() == ".jsonl":
         rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
@@ -72,7 +132,7 @@ def load_video_list(file: str | os.PathLike) -> datasets.Dataset:
         with file.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
     paths = [str((file.parent / row["path"]).resolve()) if not os.path.isabs(row["path"]) else row["path"] for row in rows]
-    return _labelled(paths, [str(row["label"]) for row in rows])
+    return _labelled(paths, [str(row["label"]) if row.get("label") not in (None, "") else None for row in rows])
 
 
 def from_hub_dataset(dataset: datasets.Dataset, video_column: str = "video", label_column: str = "label") -> datasets.Dataset:
@@ -91,6 +151,9 @@ def label_names(dataset: datasets.Dataset | datasets.DatasetDict) -> dict[int, s
     """`id2label` of a data set built here (or any with a `ClassLabel` `label` column)."""
     if isinstance(dataset, datasets.DatasetDict):
         dataset = next(iter(dataset.values()))
+    if "label" not in dataset.column_names:
+        raise ValueError("The clips have no labels (a flat folder, or a list without a label column); classification "
+                         "needs class folders or labels.")
     return dict(enumerate(dataset.features["label"].names))
 
 

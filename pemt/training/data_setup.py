@@ -1,4 +1,16 @@
-"""Data options shared by pretraining and fine-tuning, and the preprocessing of the splits they name."""
+"""Data options shared by the training commands, and the training and evaluation data sets they name.
+
+Two ways to feed a run (`--data_mode`):
+
+- `on_the_fly` (default): clips are decoded in data-loader workers, from prepared folders (`pemt prepare`) or raw
+  files, with new segment placement, crops and SpecAugment every epoch, each sample seeded by
+  `(seed, epoch, clip)` so that a killed run resumes exactly. Memory does not grow with the data set.
+- `in_memory`: every clip is decoded once, at fixed segment placement, into uint8 tensors cached by `datasets`;
+  only crops and SpecAugment change between epochs. It earns its place for tiny data sets only: an epoch of the
+  demo data (96 clips, small preset) costs 0.28 CPU-s after a one-off 1.3 CPU-s decode, against 0.92 CPU-s from
+  prepared clips and 1.2 CPU-s from the raw files (benchmarks/bench_data.py), so the CPU demo uses it. At paper
+  settings it stores 24.6 MB per clip and its segments never move.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +18,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
 from accelerate import Accelerator
 
+from ..data.clips import ClipDataset, stack_clips
 from ..data.loading import collate, from_hub_dataset, load_video_folder, load_video_list, preprocess_dataset
 from ..errors import PemtUsageError
 from ..model.processing_pemt import PemtProcessor
@@ -23,12 +37,13 @@ class DataArguments:
 
     train_dir: str | None = field(
         default=None,
-        metadata={"help": "A videofolder: DIR/<class>/*.mp4, or DIR/train/<class>/... with a test split beside it "
-                  "(used for evaluation)."},
+        metadata={"help": "A folder written by `pemt prepare`, a videofolder (DIR/<class>/*.mp4, or DIR/train/<class>/... "
+                  "with a test split beside it, used for evaluation), or a flat folder of unlabelled clips."},
     )
-    train_file: str | None = field(default=None, metadata={"help": "A CSV (path,label) or JSONL file of training clips."})
+    train_file: str | None = field(default=None, metadata={"help": "A CSV (path[,label]) or JSONL file of training clips."})
     eval_dir: str | None = field(
-        default=None, metadata={"help": "A videofolder of evaluation clips (default: the test split of --train_dir)."}
+        default=None,
+        metadata={"help": "A prepared folder or videofolder of evaluation clips (default: the test split of --train_dir)."},
     )
     eval_file: str | None = field(default=None, metadata={"help": "A CSV or JSONL file of evaluation clips."})
     dataset_name: str | None = field(
@@ -42,8 +57,14 @@ class DataArguments:
     )
     video_column: str = field(default="video", metadata={"help": "Column of --dataset_name holding the videos."})
     label_column: str = field(default="label", metadata={"help": "Column of --dataset_name holding the labels."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where preprocessed tensors are cached."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+    data_mode: str = field(
+        default="on_the_fly",
+        metadata={"help": "on_the_fly: decode clips in data-loader workers every epoch (new segment placement each "
+                  "epoch); in_memory: decode once into cached tensors (fixed placement; tiny data sets only).",
+                  "choices": ["on_the_fly", "in_memory"]},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "in_memory: where preprocessed tensors are cached."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "in_memory: processes for datasets.map."})
 
     def __post_init__(self) -> None:
         sources = [name for name in ("train_dir", "train_file", "dataset_name") if getattr(self, name)]
@@ -117,21 +138,74 @@ def load_raw_splits(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dat
         raise PemtUsageError("Give the training clips with --train_dir, --train_file or --dataset_name.")
     if args.eval_dir:
         loaded = load_video_folder(args.eval_dir)
-        evaluation = loaded["test"] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded[next(s for s in (*EVALUATION_SPLITS, "train") if s in loaded)]
+        evaluation = loaded
     elif args.eval_file:
         evaluation = load_video_list(args.eval_file)
     return train, evaluation
 
 
-def preprocess_splits(
-    args: DataArguments, output_dir: str | Path, processor: PemtProcessor, accelerator: Accelerator
-) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset, datasets.Dataset | None]:
-    """Decodes each split once (main process first; the others read its cache) and returns the processed training
-    and evaluation sets plus the raw ones (for label names, and for evaluations that read the files themselves)."""
+@dataclass
+class TrainingData:
+    r"""
+    What a training command feeds its training loop with.
+
+    Args:
+        train (`torch.utils.data.Dataset`): the training items.
+        collate_fn (`Callable`): items -> what the data loader yields.
+        to_batch (`Callable`): what the data loader yields -> model inputs with `labels` (-1: unlabelled), run in the
+            training process (the loop's `prepare_batch`).
+        evaluation (`torch.utils.data.Dataset`, *optional*): evaluation items, fixed placement.
+        eval_collate_fn (`Callable`): evaluation items -> model inputs with `labels`.
+        raw_train, raw_eval (`datasets.Dataset`): the `video` (+ `label`) splits, for label names and evaluations
+            that read the files themselves.
+    """
+
+    train: torch.utils.data.Dataset
+    collate_fn: Callable
+    to_batch: Callable[[Any], dict]
+    evaluation: torch.utils.data.Dataset | None
+    eval_collate_fn: Callable
+    raw_train: datasets.Dataset
+    raw_eval: datasets.Dataset | None
+
+
+def setup_data(
+    args: DataArguments, output_dir: str | Path, processor: PemtProcessor, accelerator: Accelerator, seed: int
+) -> TrainingData:
+    """The data of a run, as `args.data_mode` asks (see the module docstring)."""
     raw_train, raw_eval = load_raw_splits(args)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "pemt"
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.data_mode == "in_memory":
+        train, evaluation = preprocess_splits(args, output_dir, processor, accelerator, raw_train, raw_eval)
+        return TrainingData(
+            train, keep_rows, training_batch(processor), evaluation,
+            functools.partial(collate, processor=processor, training=False), raw_train, raw_eval,
+        )
+    if args.data_mode != "on_the_fly":
+        raise PemtUsageError(f"--data_mode {args.data_mode!r}: choose on_the_fly or in_memory.")
+    # Each process appends to its own report, so that processes never write one file at once.
+    suffix = f"_process{accelerator.process_index}" if accelerator.num_processes > 1 else ""
+    train = ClipDataset(raw_train, processor, training=True, seed=seed, report_path=output_dir / f"skipped_train{suffix}.jsonl")
+    evaluation = None
+    if raw_eval is not None:
+        evaluation = ClipDataset(raw_eval, processor, training=False, report_path=output_dir / f"skipped_eval{suffix}.jsonl")
+    return TrainingData(train, stack_clips, dict, evaluation, stack_clips, raw_train, raw_eval)
+
+
+def preprocess_splits(
+    args: DataArguments, output_dir: Path, processor: PemtProcessor, accelerator: Accelerator,
+    raw_train: datasets.Dataset, raw_eval: datasets.Dataset | None,
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """`in_memory`: decodes each split once (main process first; the others read its cache)."""
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "pemt"
+    # The preprocessed format stores a label column; unlabelled clips get the placeholder -1.
+    if "label" not in raw_train.column_names:
+        raw_train = raw_train.add_column("label", [-1] * len(raw_train))
+    if raw_eval is not None and "label" not in raw_eval.column_names:
+        raw_eval = raw_eval.add_column("label", [-1] * len(raw_eval))
     with accelerator.main_process_first():
         train = preprocess_dataset(
             raw_train, processor, training=True, num_proc=args.preprocessing_num_workers, cache_dir=cache_dir,
@@ -143,7 +217,7 @@ def preprocess_splits(
                 raw_eval, processor, training=False, num_proc=args.preprocessing_num_workers, cache_dir=cache_dir,
                 report_path=output_dir / "skipped_eval.json",
             )
-    return train, evaluation, raw_train, raw_eval
+    return train, evaluation
 
 
 def keep_rows(rows: list[dict]) -> list[dict]:
@@ -152,20 +226,16 @@ def keep_rows(rows: list[dict]) -> list[dict]:
 
 
 def training_batch(processor: PemtProcessor) -> functools.partial:
-    """Rows -> augmented model batch, drawn from the global RNG (saved in checkpoints)."""
+    """In-memory rows -> augmented model batch, drawn from the global RNG (saved in checkpoints)."""
     return functools.partial(collate, processor=processor, training=True)
 
 
-def evaluation_callback(
-    evaluation: datasets.Dataset | None, processor: PemtProcessor, batch_size: int, evaluate: Callable
-) -> Callable | None:
-    """`evaluate(model, accelerator, loader)` bound to a loader over the preprocessed evaluation split, in the form the
+def evaluation_callback(data: TrainingData, batch_size: int, evaluate: Callable) -> Callable | None:
+    """`evaluate(model, accelerator, loader)` bound to a loader over the evaluation split, in the form the
     TrainingLoop calls; `None` without an evaluation split."""
-    if evaluation is None:
+    if data.evaluation is None:
         return None
-    loader = torch.utils.data.DataLoader(
-        evaluation, batch_size=batch_size, shuffle=False, collate_fn=functools.partial(collate, processor=processor, training=False)
-    )
+    loader = torch.utils.data.DataLoader(data.evaluation, batch_size=batch_size, shuffle=False, collate_fn=data.eval_collate_fn)
     from .loop import shard_for_evaluation  # each process evaluates its share
 
     return lambda model, accelerator: evaluate(model, accelerator, shard_for_evaluation(loader, accelerator))

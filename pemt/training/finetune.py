@@ -19,7 +19,7 @@ from ..model.processing_pemt import PemtProcessor
 from ..model_card import write_model_card
 from .arguments import ClassificationArguments, ModelArguments, PemtTrainingArguments, load_model_config, parse_arguments
 from .authors_protocols import apply_protocol, authors_parameter_groups
-from .data_setup import DataArguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
+from .data_setup import DataArguments, evaluation_callback, setup_data
 from .evaluate import compute_metrics, evaluate_model
 from .loop import TrainingLoop, build_accelerator, finish_output_dir, prepare_output_dir
 from .plots import plot_history
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     set_seed(args.seed)
     processor = load_processor(model_args, model_overrides)  # a bad config fails here, before the output folder is touched
     prepare_output_dir(accelerator, args, fingerprint)
-    train, evaluation, raw_train, raw_eval = preprocess_splits(data_args, args.output_dir, processor, accelerator)
+    data = setup_data(data_args, args.output_dir, processor, accelerator, args.seed)
+    raw_train, raw_eval = data.raw_train, data.raw_eval
     model = build_model(model_args, task, label_names(raw_train), model_overrides)
     if task.linear_probe:
         model.freeze_backbone()
@@ -111,15 +112,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     multi_label = task.problem_type == "multi_label_classification"
 
     def classification_batch(rows):
-        batch = training_batch(processor)(rows)
+        batch = data.to_batch(rows)
         labels = batch["labels"]
         if multi_label:
             labels = torch.nn.functional.one_hot(labels, model.config.num_labels).float()
         return {**model.select_inputs(batch), "labels": labels}
 
-    evaluate = evaluation_callback(evaluation, processor, args.per_device_eval_batch_size, evaluate_preprocessed)
+    evaluate = evaluation_callback(data, args.per_device_eval_batch_size, evaluate_preprocessed)
     loop = TrainingLoop(
-        accelerator, model, args, train, collate_fn=keep_rows, fingerprint=fingerprint,
+        accelerator, model, args, data.train, collate_fn=data.collate_fn, fingerprint=fingerprint,
         prepare_batch=classification_batch, parameter_groups=groups, evaluate=evaluate, drop_last=False,
     )
     loop.train()

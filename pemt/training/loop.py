@@ -359,6 +359,10 @@ class TrainingLoop:
         epoch = self.state.global_step // steps_per_epoch
         while self.state.global_step < self.max_steps:
             self.dataloader.set_epoch(epoch)
+            # Data sets that seed each sample by (seed, epoch, index) need the epoch; Accelerate hands it to the
+            # seedable sampler only, not to the data set as well.
+            if hasattr(self.dataloader.dataset, "set_epoch"):
+                self.dataloader.dataset.set_epoch(epoch)
             batches = self.dataloader
             skip = (self.state.global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps
             if skip:

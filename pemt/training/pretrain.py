@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from ..model.modeling_pemt import PemtForPreTraining
 from ..model.processing_pemt import PemtProcessor
 from .arguments import ModelArguments, PemtTrainingArguments, load_model_config, parse_arguments
-from .data_setup import DataArguments, evaluation_callback, keep_rows, preprocess_splits, training_batch
+from .data_setup import DataArguments, evaluation_callback, setup_data
 from .loop import TrainingLoop, build_accelerator, finish_output_dir, prepare_output_dir
 from .plots import plot_history
 from .run_folder import HISTORY_FILE, run_fingerprint
@@ -63,18 +63,18 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
         config = load_model_config(model_args)  # a bad config fails here, before the output folder is touched
         processor = PemtProcessor.from_model_config(config)
     prepare_output_dir(accelerator, args, fingerprint)
-    train, evaluation, _, _ = preprocess_splits(data_args, args.output_dir, processor, accelerator)
+    data = setup_data(data_args, args.output_dir, processor, accelerator, args.seed)
     if not model_args.model_name_or_path:
         model = PemtForPreTraining(config)
 
     def without_labels(rows):
-        batch = training_batch(processor)(rows)
+        batch = data.to_batch(rows)
         batch.pop("labels")
         return batch
 
-    evaluate = evaluation_callback(evaluation, processor, args.per_device_eval_batch_size, evaluate_pretraining)
+    evaluate = evaluation_callback(data, args.per_device_eval_batch_size, evaluate_pretraining)
     loop = TrainingLoop(
-        accelerator, model, args, train, collate_fn=keep_rows, fingerprint=fingerprint,
+        accelerator, model, args, data.train, collate_fn=data.collate_fn, fingerprint=fingerprint,
         metric_names=PRETRAINING_METRICS, prepare_batch=without_labels, evaluate=evaluate,
     )
     loop.train()
