@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("pemt.retrieval:index_main", "Embed a folder of videos into a search index."),
     "search": ("pemt.retrieval:search_main", "Sound-to-picture, picture-to-sound or clip-to-clip search in an index."),
     "export": ("pemt.export:main", "Export a model to ONNX or torch.export with a dynamic batch, checked against PyTorch."),
+    "ablate": ("pemt.training.ablate:main", "Run the paper's ablations (sharing, negatives, pretraining, objectives) over seeds."),
     "demo": ("pemt.cli:demo", "Make the demo data, pretrain, fine-tune, evaluate and classify: the whole path in minutes on a CPU."),
 }
 SUBCOMMANDS = {name: text for name, (_, text) in COMMANDS.items()}  # name -> description, for parsers' help

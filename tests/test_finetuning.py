@@ -113,3 +113,36 @@ def test_metrics_equal_scikit_learn():
     rounded = (scores * 4).round() / 4
     expected = average_precision_score(targets.numpy(), rounded.numpy(), average="macro")
     assert mean_average_precision(rounded, targets) == pytest.approx(expected, abs=1e-6)
+
+
+def finetune_args(pretrained: str, overrides: str):
+    """(model arguments, classification arguments) of `pemt finetune` starting from `pretrained`."""
+    model_args, _, _, task = finetune.parse_finetuning_arguments(
+        ["--output_dir", "unused", "--train_dir", "unused", "--model_name_or_path", pretrained,
+         *(["--config_overrides", overrides] if overrides else [])]
+    )
+    return model_args, task
+
+
+def test_config_overrides_apply_on_top_of_a_pretrained_model(pretrained_tiny):
+    # The paper pretrains with more segments than it fine-tunes with: 3 -> 2 here.
+    model_args, task = finetune_args(pretrained_tiny, "num_segments=2,hidden_dropout_prob=0.2")
+    model = finetune.build_model(model_args, task, {0: "a", 1: "b"})
+    assert model.config.num_segments == 2 and model.config.hidden_dropout_prob == 0.2
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "a", 1: "b"}
+    assert finetune.load_processor(model_args).num_segments == 2
+    # The backbone is the pretrained one, not a fresh initialisation.
+    pretrained = PemtForPreTraining.from_pretrained(pretrained_tiny).pemt
+    torch.testing.assert_close(model.pemt.visual_embeddings.projection.weight, pretrained.visual_embeddings.projection.weight)
+    # Negative control: without overrides the pretrained settings stay.
+    plain = finetune.build_model(*finetune_args(pretrained_tiny, ""), {0: "a", 1: "b"})
+    assert plain.config.num_segments == 3 and plain.config.hidden_dropout_prob == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [("num_segments=9", "8 position slots"), ("hidden_size=64", "cannot change hidden_size"), ("nonsense=1", "nonsense")],
+)
+def test_config_overrides_that_cannot_apply_to_a_pretrained_model_are_refused(pretrained_tiny, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        finetune.build_model(*finetune_args(pretrained_tiny, overrides), {0: "a"})

@@ -42,26 +42,47 @@ def similarity_pool(generator: torch.Generator) -> tuple[torch.Tensor, torch.Ten
     return anchor[None], torch.cat([anchor[None], near, far])
 
 
-@pytest.mark.parametrize("variant", ["similar", "dissimilar", "uniform"])
+def own_ids(n: int) -> torch.Tensor:
+    """Source ids of `n` distinct segments: clip i, segment 0."""
+    return torch.stack([torch.arange(n), torch.zeros(n, dtype=torch.long)], dim=1)
+
+
+@pytest.mark.parametrize("variant", ["similar", "dissimilar", "uniform", "sequence"])
 def test_negatives_never_include_the_anchor(variant):
     generator = torch.Generator().manual_seed(0)
     pool = torch.randn(6, 8, generator=generator)
-    positions = torch.arange(6)
+    ids = own_ids(6)
     torch.manual_seed(0)
     for _ in range(50):
         # More negatives than other candidates: the draw must repeat candidates rather than fall back on the anchor.
-        drawn = sample_negatives(pool, pool, positions, num_negatives=8, variant=variant, temperature=0.1)
+        drawn = sample_negatives(pool, pool, ids, ids, num_negatives=8, variant=variant, temperature=0.1)
         assert drawn.shape == (6, 8)
-        assert not (drawn == positions[:, None]).any()
+        assert not (drawn == torch.arange(6)[:, None]).any()
+
+
+def test_sequence_negatives_come_from_the_anchors_own_clip():
+    # 3 clips x 4 segments; clip 2's audio is also held by a swapped row 3 (source clip 2): copies of the anchor are
+    # excluded, the other segments of its source clip are the only candidates.
+    ids = torch.tensor([[clip, t] for clip in (0, 1, 2, 2) for t in range(4)])
+    pool = torch.randn(16, 8)
+    anchor_rows = torch.tensor([0, 5, 9, 14])
+    torch.manual_seed(0)
+    drawn = sample_negatives(pool[anchor_rows], pool, ids[anchor_rows], ids, 6, "sequence", 1.0)
+    assert (ids[drawn][..., 0] == ids[anchor_rows][:, None, 0]).all()
+    assert (ids[drawn][..., 1] != ids[anchor_rows][:, None, 1]).all()
+    # Negative control: uniform sampling does reach other clips.
+    drawn = sample_negatives(pool[anchor_rows], pool, ids[anchor_rows], ids, 6, "uniform", 1.0)
+    assert (ids[drawn][..., 0] != ids[anchor_rows][:, None, 0]).any()
 
 
 def draw_counts(variant: str, temperature: float = 0.1, draws: int = 400) -> torch.Tensor:
     """How often each pool index was drawn as a negative of anchor 0, 4 negatives per draw."""
     anchor, pool = similarity_pool(torch.Generator().manual_seed(1))
+    ids = own_ids(pool.shape[0])
     torch.manual_seed(2)
     counts = torch.zeros(pool.shape[0])
     for _ in range(draws):
-        drawn = sample_negatives(anchor, pool, torch.tensor([0]), num_negatives=4, variant=variant, temperature=temperature)
+        drawn = sample_negatives(anchor, pool, ids[:1], ids, num_negatives=4, variant=variant, temperature=temperature)
         counts += torch.bincount(drawn.flatten(), minlength=pool.shape[0])
     return counts
 
@@ -174,3 +195,41 @@ def test_pretraining_the_small_model_learns_masked_embedding_prediction(tmp_path
     # Correct pair prediction is not asserted: on the demo data it leaves chance only after ~250 steps (0.61
     # held-out at 300-350 steps on the full demo set), later than this test's budget allows.
     assert metrics["mep_accuracy"] >= 0.17, metrics
+
+
+def test_evaluation_scores_every_model_with_the_same_sampler():
+    # Two models with identical weights that were configured with different samplers get identical held-out metrics:
+    # the evaluation draws masks, swaps and negatives itself.
+    from accelerate import Accelerator
+
+    from pemt import PemtConfig
+
+    generator = torch.Generator().manual_seed(0)
+    config = PemtConfig.from_preset("tiny", mask_probability=0.5)
+    side = config.eval_crop_size
+    batches = [
+        {
+            "pixel_values": torch.randn(6, 3, 3, config.frames_per_segment, side, side, generator=generator),
+            "audio_values": torch.randn(6, 3, 1, config.num_mel_bins, config.audio_frames, generator=generator),
+            "visual_segment_mask": torch.ones(6, 3, dtype=torch.long),
+            "audio_segment_mask": torch.ones(6, 3, dtype=torch.long),
+            "labels": torch.zeros(6, dtype=torch.long),
+        }
+        for _ in range(3)
+    ]
+    torch.manual_seed(0)
+    similar = PemtForPreTraining(config)
+    dissimilar = PemtForPreTraining(PemtConfig.from_preset("tiny", mask_probability=0.5, negative_sampling="dissimilar"))
+    dissimilar.load_state_dict(similar.state_dict())
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(1)
+    first = pretrain.evaluate_pretraining(similar, accelerator, [dict(b) for b in batches])
+    torch.manual_seed(2)  # the global RNG does not matter either
+    second = pretrain.evaluate_pretraining(dissimilar, accelerator, [dict(b) for b in batches])
+    assert first == second
+    # Negative control: under training-time draws the two configurations score differently.
+    torch.manual_seed(3)
+    a = similar(**{k: v for k, v in batches[0].items() if k != "labels"})
+    torch.manual_seed(3)
+    b = dissimilar(**{k: v for k, v in batches[0].items() if k != "labels"})
+    assert float(a.loss) != float(b.loss)

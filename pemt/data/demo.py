@@ -19,6 +19,15 @@ project's small input sizes (about 8 frames at 32x32, 40-bin log-mels at 16 kHz)
 * Variation within a clip: the shape drifts and bounces, and beeps change pitch and hue, so
   segments of one clip differ from each other (masked segment prediction needs that).
 
+``make_relation_data`` (``pemt make-demo-data DIR --task relation``) writes a harder task on which
+pretraining choices can matter: the class is the *relation* between sound and picture, not what
+either shows. ``labelled/{train,test}/matched`` clips are made as above (the picture follows the
+clip's own sound); ``labelled/{train,test}/unrelated`` clips show the picture another, independent
+clip's sound would give. Shape and timbre are drawn at random for every clip, so neither modality
+alone tells the classes apart. There are few labelled training clips per class and many test
+clips, and ``pretrain/{train,test}/unlabelled`` holds unlabelled matched clips for pretraining
+(correct pair prediction learns exactly this relation from them).
+
 ``info.json`` is used instead of a ``metadata.jsonl`` because the ``datasets`` folder builders
 stop inferring labels from directory names as soon as a metadata file is present.
 """
@@ -38,7 +47,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["CLASSES", "ClassSpec", "ClipParams", "make_demo_data", "main"]
+__all__ = ["CLASSES", "RELATIONS", "ClassSpec", "ClipParams", "make_demo_data", "make_relation_data", "main"]
 
 
 @dataclass(frozen=True)
@@ -389,15 +398,132 @@ def make_demo_data(
     return out
 
 
+RELATIONS = ("matched", "unrelated")
+
+_RELATION_RULE = (
+    "class = relation of sound and picture. matched: the picture follows the clip's own sound as in the default "
+    "demo rule; unrelated: the picture is the one an independent clip's sound (another base pitch and rhythm) would "
+    "give. Shape and timbre are drawn uniformly from the demo's six shapes and six timbres for every clip, "
+    "independently of the class."
+)
+
+
+@dataclass(frozen=True)
+class _RelationJob:
+    out: Path
+    folder: str
+    split_id: int
+    relation: int
+    index: int
+    seed: int
+    seconds: float
+    size: int
+    fps: int
+    sampling_rate: int
+
+
+def _make_relation_clip(job: _RelationJob) -> dict:
+    # Stream ids 10+ keep these clips apart from the default task's (which use split ids 0 and 1).
+    rng = np.random.default_rng([job.seed, 10 + job.split_id, job.relation, job.index])
+    shape = CLASSES[int(rng.integers(len(CLASSES)))].shape
+    timbre = CLASSES[int(rng.integers(len(CLASSES)))].timbre
+    params = _draw_clip(rng, job.seconds, job.size)
+    wave, env, log2_pitch = _synth_audio(params, timbre, job.seconds, job.sampling_rate, rng)
+    shown = params
+    if RELATIONS[job.relation] == "unrelated":
+        shown = _draw_clip(rng, job.seconds, job.size)
+        _, env, log2_pitch = _synth_audio(shown, timbre, job.seconds, job.sampling_rate, rng)
+    frames = _synth_video(shown, shape, env, log2_pitch, job.sampling_rate, job.fps, job.size)
+    name = f"{RELATIONS[job.relation]}_{job.index:03d}.mp4"
+    path = job.out / job.folder / name
+    _write_mp4(path, frames, wave, job.fps, job.sampling_rate)
+    return {
+        "file_name": path.relative_to(job.out).as_posix(),
+        "relation": RELATIONS[job.relation],
+        "shape": shape,
+        "timbre": timbre,
+        "sound": asdict(params),
+        "picture": asdict(shown),
+    }
+
+
+def make_relation_data(
+    out_dir: str | Path,
+    pretrain_clips: int = 96,
+    pretrain_test_clips: int = 32,
+    train_per_class: int = 8,
+    test_per_class: int = 60,
+    seconds: float = 4.0,
+    size: int = 64,
+    fps: int = 15,
+    sampling_rate: int = 16000,
+    seed: int = 0,
+    workers: int = 1,
+) -> Path:
+    """Write the relation task to ``out_dir`` and return its path.
+
+    Layout: ``out_dir/pretrain/{train,test}/unlabelled/*.mp4`` (matched clips for pretraining and its held-out
+    evaluation), ``out_dir/labelled/{train,test}/{matched,unrelated}/*.mp4`` (``train_per_class`` labelled clips per
+    class for fine-tuning, ``test_per_class`` held-out) and ``out_dir/info.json``. Same arguments, same bytes.
+    """
+    if min(pretrain_clips, pretrain_test_clips, train_per_class, test_per_class) < 1 or seconds <= 0 or size < 16:
+        raise ValueError("need at least one clip of each kind, seconds > 0 and size >= 16")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out_dir)
+    common = (seed, seconds, size, fps, sampling_rate)
+    jobs = []
+    # Unlabelled pretraining clips are matched (natural) videos; their stream ids (split 0, 1) differ from the
+    # labelled ones' (2, 3), so no labelled clip repeats a pretraining clip.
+    layout = (
+        ("pretrain/train/unlabelled", 0, [(0, pretrain_clips)]),
+        ("pretrain/test/unlabelled", 1, [(0, pretrain_test_clips)]),
+        *((f"labelled/train/{r}", 2, [(i, train_per_class)]) for i, r in enumerate(RELATIONS)),
+        *((f"labelled/test/{r}", 3, [(i, test_per_class)]) for i, r in enumerate(RELATIONS)),
+    )
+    for top in ("pretrain", "labelled"):
+        if (out / top).exists():
+            shutil.rmtree(out / top)
+    for folder, split_id, groups in layout:
+        (out / folder).mkdir(parents=True)
+        for relation, count in groups:
+            jobs += [_RelationJob(out, folder, split_id, relation, k, *common) for k in range(count)]
+    if workers == 1:
+        clips = [_make_relation_clip(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            clips = list(pool.map(_make_relation_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    info = {
+        "task": "relation",
+        "classes": list(RELATIONS),
+        "rule": _RELATION_RULE + " Sound-picture link of a matched clip: " + _RULE,
+        "seconds": seconds,
+        "size": size,
+        "fps": fps,
+        "sampling_rate": sampling_rate,
+        "seed": seed,
+        "clips": clips,
+    }
+    (out / _INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m pemt.data.demo OUT_DIR [--seed N] [--num-classes N] ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m pemt.data.demo", description=make_demo_data.__doc__.splitlines()[0]
     )
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--num-classes", type=int, default=4, help=f"at most {len(CLASSES)}")
-    parser.add_argument("--train-per-class", type=int, default=24)
-    parser.add_argument("--test-per-class", type=int, default=8)
+    parser.add_argument(
+        "--task", choices=("classes", "relation"), default="classes",
+        help="classes: class = shape x timbre (either modality suffices); relation: class = whether sound and "
+        "picture belong together, few labels, plus unlabelled clips for pretraining (see make_relation_data)",
+    )
+    parser.add_argument("--num-classes", type=int, default=4, help=f"at most {len(CLASSES)} (task classes)")
+    parser.add_argument("--train-per-class", type=int, default=None, help="default: 24 (classes), 8 (relation)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="default: 8 (classes), 60 (relation)")
+    parser.add_argument("--pretrain-clips", type=int, default=96, help="relation task: unlabelled training clips")
+    parser.add_argument("--pretrain-test-clips", type=int, default=32, help="relation task: unlabelled held-out clips")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fps", type=int, default=15)
@@ -410,11 +536,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="processes (default: CPU cores, at most 4)",
     )
     args = parser.parse_args(argv)
+    if args.task == "relation":
+        out = make_relation_data(
+            args.out_dir,
+            pretrain_clips=args.pretrain_clips,
+            pretrain_test_clips=args.pretrain_test_clips,
+            train_per_class=8 if args.train_per_class is None else args.train_per_class,
+            test_per_class=60 if args.test_per_class is None else args.test_per_class,
+            seconds=args.seconds,
+            size=args.size,
+            fps=args.fps,
+            sampling_rate=args.sampling_rate,
+            seed=args.seed,
+            workers=args.workers,
+        )
+        print(f"wrote the relation task to {out}")
+        return
     out = make_demo_data(
         args.out_dir,
         num_classes=args.num_classes,
-        train_per_class=args.train_per_class,
-        test_per_class=args.test_per_class,
+        train_per_class=24 if args.train_per_class is None else args.train_per_class,
+        test_per_class=8 if args.test_per_class is None else args.test_per_class,
         seconds=args.seconds,
         size=args.size,
         fps=args.fps,

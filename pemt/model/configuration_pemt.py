@@ -10,6 +10,8 @@ from pathlib import Path
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .objectives import NEGATIVE_SAMPLING_VARIANTS
+
 
 @strict
 class PemtConfig(PreTrainedConfig):
@@ -113,10 +115,15 @@ class PemtConfig(PreTrainedConfig):
         mep_temperature (`float`, *optional*, defaults to 0.1):
             Pretraining: temperature of the contrastive loss.
         negative_sampling (`str`, *optional*, defaults to `"similar"`):
-            Pretraining: content-aware negative sampling, one of `"similar"`, `"dissimilar"`, `"uniform"`.
+            Pretraining: where MEP's negatives come from: `"similar"` (content-aware, hard negatives first, the
+            paper's choice), `"dissimilar"`, `"uniform"` over the batch, or `"sequence"` (the anchor's own clip).
         negative_sampling_temperature (`float`, *optional*, defaults to 1.0):
             Pretraining: temperature of the similarity distribution negatives are drawn from (on cosines in [-1, 1]:
             at 1.0 the most similar candidate is up to e^2 times likelier than the least similar).
+        visual_mep_weight, audio_mep_weight, multimodal_mep_weight, cpp_weight (`float`, *optional*, defaults to 1.0):
+            Pretraining: weight of each objective in the loss; 0 switches it off (it is then not computed, and with
+            `cpp_weight=0` no audio is swapped, with both MEP weights of a modality 0 that modality is not masked).
+            The multimodal MEP loss is the sum of its visual and audio parts.
         classifier_modality (`str`, *optional*, defaults to `"audio-visual"`):
             Classification: which inputs the classifier uses, one of `"audio-visual"`, `"visual"`, `"audio"`.
         classifier_head (`str`, *optional*, defaults to `"clip"`):
@@ -205,6 +212,10 @@ class PemtConfig(PreTrainedConfig):
     # nothing, and later asks to tell apart segments that barely differ. On the demo data MEP stayed at chance for
     # 300 steps at 0.1 and reached 3x chance at 1.0.
     negative_sampling_temperature: float = 1.0
+    visual_mep_weight: float | int = 1.0
+    audio_mep_weight: float | int = 1.0
+    multimodal_mep_weight: float | int = 1.0
+    cpp_weight: float | int = 1.0
 
     classifier_modality: str = "audio-visual"
     classifier_head: str = "clip"
@@ -291,6 +302,11 @@ class PemtConfig(PreTrainedConfig):
             )
         if not 0.0 < self.mask_probability < 1.0:
             raise ValueError(f"mask_probability ({self.mask_probability}) must lie strictly between 0 and 1.")
+        weights = {name: getattr(self, name) for name in OBJECTIVE_WEIGHTS}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(
+                f"objective weights {weights} must be >= 0 (0 switches an objective off) with at least one positive."
+            )
         if self.cnn_chunk_size < 0:
             raise ValueError(f"cnn_chunk_size ({self.cnn_chunk_size}) must be 0 (no chunking) or a positive count.")
 
@@ -362,7 +378,7 @@ class _Presets(Mapping):
         return len(PRESET_NAMES)
 
 
-NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform")
+OBJECTIVE_WEIGHTS = ("visual_mep_weight", "audio_mep_weight", "multimodal_mep_weight", "cpp_weight")
 CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
 CLASSIFIER_HEADS = ("clip", "segment", "cnn")
 CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")

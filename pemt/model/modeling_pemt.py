@@ -31,7 +31,7 @@ from .heads_pemt import (
     segment_mask,
     segment_pairs,
 )
-from .objectives import mask_segments, mep_loss, swap_audio
+from .objectives import cpp_loss, mask_segments, mep_loss, sample_negatives, segment_ids, swap_audio
 from .sharing import AUDIO, MODALITY_NAMES, MULTIMODAL, VISUAL, PemtEncoder, PemtOrthogonal, PemtSharedLinear, random_rotation_generator, sigma_cache
 
 logger = logging.get_logger(__name__)
@@ -949,15 +949,17 @@ class PemtForPreTrainingOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`):
-            Sum of the three masked-embedding-prediction losses and the correct-pair-prediction loss.
+            The objectives' losses weighted by `config.{visual,audio,multimodal}_mep_weight` and `config.cpp_weight`.
         visual_mep_loss, audio_mep_loss, multimodal_mep_loss (`torch.FloatTensor` of shape `()`):
-            InfoNCE losses of the visual, audio and multimodal Transformers' predictions at masked segments.
+            InfoNCE losses of the visual, audio and multimodal Transformers' predictions at masked segments (the
+            multimodal one is the sum of its visual and audio parts); 0 where switched off.
         cpp_loss (`torch.FloatTensor` of shape `()`):
             Binary cross-entropy of correct pair prediction.
         mep_accuracy (`torch.FloatTensor` of shape `()`):
-            Fraction of masked segments, over all three predictions, whose true embedding scored above every negative.
+            Fraction of masked segments, over all predictions switched on, whose true embedding scored strictly above
+            every negative (NaN when nothing was masked).
         cpp_accuracy (`torch.FloatTensor` of shape `()`):
-            Fraction of clips whose pairing (real or swapped audio) was predicted right.
+            Fraction of eligible clips (see [`swap_audio`]) whose pairing was predicted right (NaN when none).
         cpp_logits (`torch.FloatTensor` of shape `(batch_size,)`):
             Scores that the audio belongs to the video.
         cpp_labels (`torch.FloatTensor` of shape `(batch_size,)`):
@@ -1003,42 +1005,57 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
     r"""
     PEMT with the paper's self-supervised objectives, trained end to end from raw video and audio.
 
-    - Masked embedding prediction: `config.mask_probability` of each clip's real segments (at least one) are hidden
-      in CNN-embedding space (80% a learned mask vector, 10% another segment's embedding, 10% unchanged). From the
-      visual, audio and multimodal Transformer outputs at those positions, the true CNN embedding must outscore
-      `config.mep_num_negatives` negatives drawn by [`sample_negatives`] (InfoNCE, temperature
-      `config.mep_temperature`).
-    - Correct pair prediction: half of the clips get another clip's audio; an MLP on the multimodal outputs of the
-      two modalities (summary and mean segment output each, and their elementwise product) tells real pairs from
-      swapped ones.
+    - Masked embedding prediction: `config.mask_probability` of each clip's real segments (in expectation, see
+      [`mask_segments`]) are hidden in CNN-embedding space (80% a learned mask vector, 10% another segment's
+      embedding, 10% unchanged). From the visual, audio and multimodal Transformer outputs at those positions, the
+      true CNN embedding must outscore `config.mep_num_negatives` negatives drawn by [`sample_negatives`] (InfoNCE,
+      temperature `config.mep_temperature`), never a copy of itself.
+    - Correct pair prediction: half of the clips get the audio of another clip with the same real segments; an MLP on
+      the multimodal outputs of the two modalities (summary and mean segment output each, and their elementwise
+      product) tells real pairs from swapped ones.
+
+    Each objective has a weight in the config (`visual_mep_weight`, `audio_mep_weight`, `multimodal_mep_weight`,
+    `cpp_weight`; 0 switches it off).
     """
 
     def __init__(self, config: PemtConfig):
         super().__init__(config)
         self.pemt = PemtModel(config)
-        self.visual_mask_embedding = nn.Parameter(torch.zeros(config.visual_embedding_dim))
-        self.audio_mask_embedding = nn.Parameter(torch.zeros(config.audio_embedding_dim))
+        # A switched-off objective has no parameters: data-parallel training needs a gradient for every parameter.
+        self.objective_weights = {
+            "visual": config.visual_mep_weight, "audio": config.audio_mep_weight,
+            "multimodal_visual": config.multimodal_mep_weight, "multimodal_audio": config.multimodal_mep_weight,
+        }
+        dims = {"visual": config.visual_embedding_dim, "audio": config.audio_embedding_dim}
+        self.masked_modalities = tuple(
+            m for m in ("visual", "audio") if self.objective_weights[m] > 0 or self.objective_weights[f"multimodal_{m}"] > 0
+        )
+        for modality in ("visual", "audio"):
+            parameter = nn.Parameter(torch.zeros(dims[modality])) if modality in self.masked_modalities else None
+            self.register_parameter(f"{modality}_mask_embedding", parameter)
         self.mep_heads = nn.ModuleDict(
             {
-                "visual": PemtMepHead(config, config.visual_embedding_dim),
-                "audio": PemtMepHead(config, config.audio_embedding_dim),
-                "multimodal_visual": PemtMepHead(config, config.visual_embedding_dim),
-                "multimodal_audio": PemtMepHead(config, config.audio_embedding_dim),
+                name: PemtMepHead(config, dims[name.split("_")[-1]])
+                for name, weight in self.objective_weights.items()
+                if weight > 0
             }
         )
-        self.cpp_head = nn.Sequential(
-            nn.Linear(6 * config.hidden_size, config.hidden_size),
-            ACT2FN[config.hidden_act],
-            nn.Linear(config.hidden_size, 1),
-        )
+        self.cpp_head = None
+        if config.cpp_weight > 0:
+            self.cpp_head = nn.Sequential(
+                nn.Linear(6 * config.hidden_size, config.hidden_size),
+                ACT2FN[config.hidden_act],
+                nn.Linear(config.hidden_size, 1),
+            )
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, PemtForPreTraining):
-            module.visual_mask_embedding.normal_(mean=0.0, std=self.config.initializer_range)
-            module.audio_mask_embedding.normal_(mean=0.0, std=self.config.initializer_range)
+            for parameter in (module.visual_mask_embedding, module.audio_mask_embedding):
+                if parameter is not None:
+                    parameter.normal_(mean=0.0, std=self.config.initializer_range)
 
     def forward(
         self,
@@ -1047,14 +1064,23 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
         visual_segment_mask: torch.LongTensor | None = None,
         audio_segment_mask: torch.LongTensor | None = None,
         return_dict: bool | None = None,
+        negative_sampling: str | None = None,
+        generator: torch.Generator | None = None,
         **kwargs,
     ) -> PemtForPreTrainingOutput | tuple:
         r"""
         Args:
             pixel_values, audio_values, visual_segment_mask, audio_segment_mask: as for [`PemtModel`]; both modalities are required,
                 and the batch needs at least two clips (swapped pairs and negatives come from other clips).
+            negative_sampling (`str`, *optional*):
+                Overrides `config.negative_sampling` for this call: evaluations compare models trained with different
+                samplers under one sampler.
+            generator (`torch.Generator`, *optional*):
+                A CPU generator for the swaps, masks and negatives (default: the global RNG); a fixed one makes an
+                evaluation draw the same for every model.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
         batch, length = pixel_values.shape[:2]
         if batch < 2:
             raise ValueError("Pretraining needs at least two clips per batch (per device).")
@@ -1063,12 +1089,24 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
         visual = self.pemt.embed_visual(pixel_values, visual_segment_mask)
         audio = self.pemt.embed_audio(audio_values, audio_segment_mask)
 
-        # Correct pair prediction: a random cyclic shift (never 0) gives every swapped clip another clip's audio.
-        audio, audio_segment_mask, swapped = swap_audio(audio, audio_segment_mask)
+        # Correct pair prediction: swapped clips get the audio of another clip with the same real segments.
+        audio_source = torch.arange(batch, device=audio.device)
+        swapped = eligible = torch.zeros(batch, dtype=torch.bool, device=audio.device)
+        if config.cpp_weight > 0:
+            audio, swapped, audio_source, eligible = swap_audio(audio, audio_segment_mask, generator)
 
-        p = self.config.mask_probability
-        visual_masked, visual_positions = mask_segments(visual, visual_segment_mask, self.visual_mask_embedding, p)
-        audio_masked, audio_positions = mask_segments(audio, audio_segment_mask, self.audio_mask_embedding, p)
+        # A modality is masked only where some objective predicts it: masking without a prediction only corrupts.
+        weights = self.objective_weights
+        visual_masked, visual_positions = visual, torch.zeros_like(visual_segment_mask, dtype=torch.bool)
+        if "visual" in self.masked_modalities:
+            visual_masked, visual_positions = mask_segments(
+                visual, visual_segment_mask, self.visual_mask_embedding, config.mask_probability, generator
+            )
+        audio_masked, audio_positions = audio, torch.zeros_like(audio_segment_mask, dtype=torch.bool)
+        if "audio" in self.masked_modalities:
+            audio_masked, audio_positions = mask_segments(
+                audio, audio_segment_mask, self.audio_mask_embedding, config.mask_probability, generator
+            )
         output = self.pemt(
             visual_cnn_embeddings=visual_masked, audio_cnn_embeddings=audio_masked, visual_segment_mask=visual_segment_mask, audio_segment_mask=audio_segment_mask,
             return_dict=True,
@@ -1077,36 +1115,51 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
         multimodal = output.multimodal_last_hidden_state
         visual_tokens = slice(1, 1 + length)
         audio_tokens = slice(2 + length, 2 + 2 * length)
+        visual_ids, audio_ids = segment_ids(visual_segment_mask), segment_ids(audio_segment_mask, audio_source)
         predictions = {
-            "visual": (output.visual_last_hidden_state[:, visual_tokens], visual, visual_segment_mask, visual_positions),
-            "audio": (output.audio_last_hidden_state[:, visual_tokens], audio, audio_segment_mask, audio_positions),
-            "multimodal_visual": (multimodal[:, visual_tokens], visual, visual_segment_mask, visual_positions),
-            "multimodal_audio": (multimodal[:, audio_tokens], audio, audio_segment_mask, audio_positions),
+            "visual": (output.visual_last_hidden_state[:, visual_tokens], visual, visual_segment_mask, visual_positions, visual_ids),
+            "audio": (output.audio_last_hidden_state[:, visual_tokens], audio, audio_segment_mask, audio_positions, audio_ids),
+            "multimodal_visual": (multimodal[:, visual_tokens], visual, visual_segment_mask, visual_positions, visual_ids),
+            "multimodal_audio": (multimodal[:, audio_tokens], audio, audio_segment_mask, audio_positions, audio_ids),
         }
-        losses, correct, counted = {}, 0, 0
-        for name, (hidden, targets, real, positions) in predictions.items():
-            loss, hits = mep_loss(
-                self.mep_heads[name], hidden, targets, real, positions, self.config.mep_num_negatives,
-                self.config.negative_sampling, self.config.negative_sampling_temperature, self.config.mep_temperature,
+        zero = visual.sum() * 0.0
+        losses, hits = {}, []
+        for name, (hidden, targets, real, positions, ids) in predictions.items():
+            if weights[name] == 0:
+                losses[name] = zero
+                continue
+            losses[name], name_hits = mep_loss(
+                self.mep_heads[name], hidden, targets, real, positions, ids, config.mep_num_negatives,
+                negative_sampling or config.negative_sampling, config.negative_sampling_temperature,
+                config.mep_temperature, generator,
             )
-            losses[name] = loss
-            correct, counted = correct + hits.sum(), counted + hits.numel()
-        multimodal_mep_loss = (losses["multimodal_visual"] + losses["multimodal_audio"]) / 2
+            hits.append(name_hits)
+        # Full weight: the multimodal Transformer predicts masked segments of both modalities, each a loss of its own.
+        multimodal_mep_loss = losses["multimodal_visual"] + losses["multimodal_audio"]
 
-        cpp_logits = self.cpp_logits(multimodal, visual_segment_mask, audio_segment_mask)
-        cpp_labels = (~swapped).to(cpp_logits.dtype)
-        cpp_loss = F.binary_cross_entropy_with_logits(cpp_logits, cpp_labels)
-        total = losses["visual"] + losses["audio"] + multimodal_mep_loss + cpp_loss
+        cpp_logits, cpp, cpp_hits = None, zero, None
+        if self.cpp_head is not None:
+            cpp_logits = self.cpp_logits(multimodal, visual_segment_mask, audio_segment_mask)
+            cpp, cpp_hits = cpp_loss(cpp_logits, swapped, eligible)
+        total = (
+            config.visual_mep_weight * losses["visual"]
+            + config.audio_mep_weight * losses["audio"]
+            + config.multimodal_mep_weight * multimodal_mep_loss
+            + config.cpp_weight * cpp
+        )
+        hits = torch.cat(hits) if hits else None
+        nan = torch.tensor(float("nan"), device=visual.device)
         result = PemtForPreTrainingOutput(
             loss=total,
             visual_mep_loss=losses["visual"],
             audio_mep_loss=losses["audio"],
             multimodal_mep_loss=multimodal_mep_loss,
-            cpp_loss=cpp_loss,
-            mep_accuracy=correct.float() / max(counted, 1),
-            cpp_accuracy=((cpp_logits > 0) == swapped.logical_not()).float().mean(),
+            cpp_loss=cpp,
+            # NaN where nothing was scored (no masked segment, no eligible clip, or the objective is off).
+            mep_accuracy=hits.float().mean() if hits is not None and hits.numel() else nan,
+            cpp_accuracy=cpp_hits.float().mean() if cpp_hits is not None and cpp_hits.numel() else nan,
             cpp_logits=cpp_logits,
-            cpp_labels=cpp_labels,
+            cpp_labels=(~swapped).to(visual.dtype),
             model_output=output,
         )
         return result if return_dict else result.to_tuple()
@@ -1116,6 +1169,8 @@ class PemtForPreTraining(PemtEmbeddingsMixin, PemtPreTrainedModel):
         self, multimodal_last_hidden_state: torch.Tensor, visual_segment_mask: torch.Tensor, audio_segment_mask: torch.Tensor
     ) -> torch.Tensor:
         """Correct pair prediction's head on a multimodal output `[batch, 2 + 2T, hidden]` -> logits `[batch]`."""
+        if self.cpp_head is None:
+            raise ValueError("This model was pretrained without correct pair prediction (cpp_weight=0): it has no CPP head.")
         length = visual_segment_mask.shape[1]
         # Each modality's part of the multimodal output is pooled as the downstream head pools it. The product gives
         # the MLP the agreement of the two directly; from a concatenation alone it would have to learn that

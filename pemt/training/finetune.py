@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..data.loading import label_names
+from ..errors import PemtUsageError
 from ..hub import TRAINING_ARGS_FILE
 from ..model.configuration_pemt import PemtConfig
 from ..model.modeling_pemt import PemtForAudioVisualClassification
@@ -35,13 +36,56 @@ def parse_finetuning_arguments(
     return parse_arguments("pemt finetune", DESCRIPTION, GROUPS, argv, learning_rate=1e-4, per_device_train_batch_size=5)
 
 
+# Fields that give weights their shapes (or decide which weights exist): a pretrained model's cannot change.
+WEIGHT_SHAPE_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+    "low_rank_dim", "share_layers", "share_modalities", "visual_cnn_width", "visual_cnn_depths",
+    "visual_cnn_temporal_kernels", "visual_stem_temporal_kernel", "audio_cnn_width", "audio_cnn_depths",
+    "audio_separable_stages",
+)
+
+
+def pretrained_config(model_args: ModelArguments, **fields) -> PemtConfig:
+    """The pretrained model's config with `fields` set and `--config_overrides` applied on top (e.g. fewer segments
+    than pretraining used, as the paper fine-tunes). Raises `PemtUsageError` naming the field where a change cannot
+    apply to the pretrained weights."""
+    source = model_args.model_name_or_path
+    config = PemtConfig.from_pretrained(source, **fields)
+    if not model_args.config_overrides:
+        return config
+    before = config.to_dict()
+    try:
+        config.update_from_string(model_args.config_overrides)
+    except (ValueError, TypeError) as err:
+        raise PemtUsageError(f"--config_overrides {model_args.config_overrides!r}: {err}") from None
+    after = config.to_dict()
+    fixed = [name for name in WEIGHT_SHAPE_FIELDS if after[name] != before[name]]
+    if fixed:
+        raise PemtUsageError(
+            f"--config_overrides cannot change {', '.join(fixed)} of the pretrained model {source}: its weights have "
+            "that shape."
+        )
+    if config.num_segments + 1 > config.max_position_embeddings:
+        raise PemtUsageError(
+            f"--config_overrides num_segments={config.num_segments}: the pretrained model {source} has "
+            f"{config.max_position_embeddings} position slots, room for at most {config.max_position_embeddings - 1} "
+            "segments."
+        )
+    try:
+        config.check_values()
+    except ValueError as err:
+        raise PemtUsageError(f"--config_overrides {model_args.config_overrides!r}: {err}") from None
+    return config
+
+
 def load_processor(model_args: ModelArguments, model_overrides: dict | None = None) -> PemtProcessor:
     """The pretrained model's processor, or one built from `--model_config` when training from scratch. With
-    `model_overrides` (a protocol's segments or audio window) it is built from the overridden config."""
-    if model_args.model_name_or_path and not model_overrides:
+    `model_overrides` (a protocol's segments or audio window) or `--config_overrides` it is built from the overridden
+    config."""
+    if model_args.model_name_or_path and not model_overrides and not model_args.config_overrides:
         return PemtProcessor.from_pretrained(model_args.model_name_or_path)
     if model_args.model_name_or_path:
-        return PemtProcessor.from_model_config(PemtConfig.from_pretrained(model_args.model_name_or_path, **model_overrides))
+        return PemtProcessor.from_model_config(pretrained_config(model_args, **(model_overrides or {})))
     return PemtProcessor.from_model_config(load_model_config(model_args, **(model_overrides or {})))
 
 
@@ -60,7 +104,8 @@ def build_model(
     if task.classifier_head:
         labels["classifier_head"] = task.classifier_head
     if model_args.model_name_or_path:
-        return PemtForAudioVisualClassification.from_pretrained(model_args.model_name_or_path, **labels)
+        config = pretrained_config(model_args, **labels)
+        return PemtForAudioVisualClassification.from_pretrained(model_args.model_name_or_path, config=config)
     return PemtForAudioVisualClassification(load_model_config(model_args, **labels))
 
 

@@ -29,26 +29,39 @@ def parse_pretraining_arguments(argv: list[str] | None) -> tuple[ModelArguments,
     )
 
 
+# Held-out MEP accuracy is measured with one sampler for every model, so that runs trained with different samplers
+# compare: uniform negatives, and masks, swaps and negatives drawn from a generator with this seed.
+EVALUATION_SAMPLER = "uniform"
+EVALUATION_SEED = 0
+
+
 @torch.no_grad()
 def evaluate_pretraining(model: PemtForPreTraining, accelerator: Accelerator, loader) -> dict[str, float]:
-    """Mean loss and accuracies over held-out batches (masks and swaps drawn afresh; the caller fixes the seed). Each
-    process evaluates its share of the batches; the sums are added across processes."""
+    """Mean loss and accuracies over held-out batches. Every model is scored on the same draws (masks, swaps, uniform
+    negatives from a generator seeded with `EVALUATION_SEED`), whatever sampler it was trained with. Each process
+    evaluates its share of the batches; the sums are added across processes."""
     model.eval()
+    generator = torch.Generator().manual_seed(EVALUATION_SEED)
     names = ("loss", *PRETRAINING_METRICS)
-    totals = torch.zeros(len(names) + 1, dtype=torch.float64, device=accelerator.device)
+    # Per metric: the sum over batches and the number of batches that measured it (NaN: nothing of the kind in the
+    # batch, e.g. no masked segment, or the objective is switched off).
+    totals = torch.zeros(2, len(names), dtype=torch.float64, device=accelerator.device)
     for batch in loader:
         if batch["pixel_values"].shape[0] < 2:
             continue  # swaps and negatives need another clip
         batch.pop("labels")
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            output = model(**batch)
-        totals += torch.tensor([float(output[name]) for name in names] + [1.0], dtype=torch.float64, device=totals.device)
+            output = model(**batch, negative_sampling=EVALUATION_SAMPLER, generator=generator)
+        values = torch.tensor([float(output[name]) for name in names], dtype=torch.float64, device=totals.device)
+        measured = ~values.isnan()
+        totals[0] += torch.where(measured, values, 0.0)
+        totals[1] += measured
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
-    if totals[-1] == 0:
+    if totals[1, 0] == 0:
         raise ValueError("The evaluation set has no batch of two or more clips; pretraining evaluation needs pairs.")
-    return {name: float(total / totals[-1]) for name, total in zip(names, totals[:-1])}
+    return {name: float(totals[0, i] / totals[1, i]) if totals[1, i] else float("nan") for i, name in enumerate(names)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:

@@ -1,0 +1,288 @@
+"""The paper's ablations as one command: `pemt ablate --suite {sharing,negatives,pretraining,objectives,all}`.
+
+Each variant is pretrained (unless it is the from-scratch baseline) and evaluated with the same data, steps and seeds,
+by calling `pemt pretrain` and `pemt finetune` with command-line arguments, so the same command runs at paper size
+under `accelerate launch -m pemt.training.ablate ...`. Per variant and seed it records the Transformer parameter count,
+held-out CPP and MEP accuracy (one fixed sampler for every variant, see `pretrain.evaluate_pretraining`), linear-probe
+top-1 and fine-tuned top-1; `DIR/results.json` and `DIR/results.md` give mean ± sd over seeds.
+
+Data: `--data_dir` in the layout `pemt make-demo-data DIR --task relation` writes (`pretrain/{train,test}/...` for
+pretraining, `labelled/{train,test}/<class>/...` for the probes); made there when missing. Runs already finished in
+`DIR/runs` are reused, so a killed ablation resumes, and variants shared by several suites run once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+
+from ..model.configuration_pemt import PemtConfig
+from . import finetune, pretrain
+from .loop import load_model_config, parse_overrides
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a table: `overrides` are `--config_overrides` for pretraining (and for the from-scratch model)."""
+
+    name: str
+    overrides: str = ""
+    pretrained: bool = True
+
+
+PAPER = Variant("paper's choice (all shared, low-rank, similar negatives, MEP + CPP)")
+
+SUITES: dict[str, list[Variant]] = {
+    # The paper's parameter table: what each way of sharing costs in parameters and in accuracy.
+    "sharing": [
+        Variant("no sharing", "share_layers=false,share_modalities=false,low_rank_dim=0"),
+        Variant("across layers", "share_layers=true,share_modalities=false,low_rank_dim=0"),
+        Variant("across modalities", "share_layers=false,share_modalities=true,low_rank_dim=0"),
+        Variant("across modalities, low-rank", "share_layers=false,share_modalities=true"),
+        Variant("across layers and modalities", "share_layers=true,share_modalities=true,low_rank_dim=0"),
+        PAPER,
+    ],
+    "negatives": [
+        Variant("uniform over the batch", "negative_sampling=uniform"),
+        Variant("current sequence", "negative_sampling=sequence"),
+        PAPER,
+        Variant("content-aware, dissimilar first", "negative_sampling=dissimilar"),
+    ],
+    "pretraining": [Variant("from scratch", pretrained=False), PAPER],
+    "objectives": [
+        Variant("MEP only", "cpp_weight=0"),
+        Variant("CPP only", "visual_mep_weight=0,audio_mep_weight=0,multimodal_mep_weight=0"),
+        PAPER,
+    ],
+}
+METRICS = ("transformer_parameters", "cpp_accuracy", "mep_accuracy", "linear_probe_top1", "finetuned_top1")
+HEADERS = ("Transformer params", "CPP acc.", "MEP acc.", "linear probe top-1", "fine-tuned top-1")
+
+
+@dataclass
+class Settings:
+    """The budget every variant gets (the defaults are the demo scale: minutes per run on a CPU)."""
+
+    preset: str = "small"
+    pretraining_steps: int = 300
+    pretraining_batch_size: int = 32
+    finetuning_steps: int = 60
+    finetuning_batch_size: int = 8
+    extra_pretraining_args: list[str] = field(default_factory=list)
+    extra_finetuning_args: list[str] = field(default_factory=list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pemt ablate", description="Run one of the paper's ablations (or all).")
+    parser.add_argument("--suite", choices=(*SUITES, "all"), required=True)
+    parser.add_argument("--output_dir", required=True, help="Where runs/, results.json and results.md go.")
+    parser.add_argument("--data_dir", default=None, help="Relation-task data (default: OUTPUT_DIR/data, made if missing).")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds per variant (0 .. N-1).")
+    parser.add_argument(
+        "--first_seed", type=int, default=0,
+        help="Run only seeds FIRST .. N-1 (to split seeds over machines or processes sharing OUTPUT_DIR; a last run "
+        "without it reads every finished seed back and writes the whole table).",
+    )
+    parser.add_argument(
+        "--variants", default=None,
+        help="Run only these variants of the suite: comma-separated folder names under OUTPUT_DIR/runs (e.g. "
+        "'paper,scratch'); the others are left out of this invocation's table.",
+    )
+    parser.add_argument("--preset", default="small", help="Model preset or config path every variant starts from.")
+    parser.add_argument("--pretraining_steps", type=int, default=Settings.pretraining_steps)
+    parser.add_argument("--pretraining_batch_size", type=int, default=Settings.pretraining_batch_size)
+    parser.add_argument("--finetuning_steps", type=int, default=Settings.finetuning_steps)
+    parser.add_argument("--finetuning_batch_size", type=int, default=Settings.finetuning_batch_size)
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--cache_dir", default=None, help="Preprocessing cache (default: OUTPUT_DIR/cache).")
+    return parser
+
+
+def transformer_parameters(config: PemtConfig) -> int:
+    """Parameters of the visual, audio and multimodal Transformers (the paper's "Transformers" column)."""
+    from ..model.modeling_pemt import PemtModel
+
+    return sum(p.numel() for p in PemtModel(config).encoder.parameters())
+
+
+def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: Path, settings: Settings) -> dict:
+    """Pretrains (unless from scratch), then linear-probes and fine-tunes; returns this seed's row. A finished run's
+    `result.json` is read back instead of training again."""
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    common = ["--seed", str(seed), "--cache_dir", str(cache), "--no_progress_bar", "--checkpointing_steps", "100000"]
+    config_args = ["--model_config", settings.preset, "--config_overrides", variant.overrides]
+    result = {
+        "transformer_parameters": transformer_parameters(
+            load_model_config(settings.preset, **parse_overrides(variant.overrides))
+        )
+    }
+    if variant.pretrained:
+        metrics = pretrain.main(
+            [
+                "--output_dir", str(run_dir / "pretrained"), "--train_dir", str(data / "pretrain"),
+                "--max_steps", str(settings.pretraining_steps),
+                "--per_device_train_batch_size", str(settings.pretraining_batch_size),
+                "--logging_steps", "25", *config_args, *common, *settings.extra_pretraining_args,
+            ]
+        ) or {}
+        result["cpp_accuracy"] = metrics.get("cpp_accuracy", math.nan)
+        result["mep_accuracy"] = metrics.get("mep_accuracy", math.nan)
+        start = ["--model_name_or_path", str(run_dir / "pretrained")]
+    else:
+        result["cpp_accuracy"] = result["mep_accuracy"] = math.nan
+        start = config_args
+    for key, extra in (("linear_probe_top1", ["--linear_probe"]), ("finetuned_top1", [])):
+        metrics = finetune.main(
+            [
+                "--output_dir", str(run_dir / key), "--train_dir", str(data / "labelled"),
+                "--max_steps", str(settings.finetuning_steps),
+                "--per_device_train_batch_size", str(settings.finetuning_batch_size),
+                "--logging_steps", "20", *start, *extra, *common, *settings.extra_finetuning_args,
+            ]
+        ) or {}
+        result[key] = metrics.get("top1_accuracy", math.nan)
+    if PartialState().is_main_process:
+        done.write_text(json.dumps(result, indent=2) + "\n")
+        # The models are not needed for the table; dropping them keeps a full run's folder small.
+        for sub in ("pretrained", "linear_probe_top1", "finetuned_top1"):
+            for weights in (run_dir / sub).glob("*.safetensors"):
+                weights.unlink()
+    return result
+
+
+@contextlib.contextmanager
+def keep_process_group():
+    """`pretrain.main` and `finetune.main` end with `accelerator.end_training()`, which destroys the process group of a
+    multi-process (`accelerate launch`) run; the ablation calls them many times in one process, so the group must
+    outlive each call. `main` destroys it once at the end instead."""
+    original = PartialState.destroy_process_group
+    PartialState.destroy_process_group = lambda self, group=None: None
+    try:
+        yield
+    finally:
+        PartialState.destroy_process_group = original
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation over seeds of each metric (NaN where the variant does not measure it)."""
+    summary = {}
+    for metric in METRICS:
+        values = [row[metric] for row in rows if not math.isnan(row[metric])]
+        mean = sum(values) / len(values) if values else math.nan
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+        summary[metric] = {"mean": mean, "sd": sd, "n": len(values)}
+    return summary
+
+
+def format_cell(metric: str, stats: dict[str, float]) -> str:
+    if stats["n"] == 0:
+        return "n/a"
+    if metric == "transformer_parameters":
+        return f"{stats['mean'] / 1e3:.1f}k"
+    sd = "" if math.isnan(stats["sd"]) else f" ± {stats['sd']:.3f}"
+    return f"{stats['mean']:.3f}{sd}"
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"# pemt ablate: {', '.join(results['suites'])}",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Seeds: {results['seeds']}; mean ± sd over seeds. Wall time: {results['seconds'] / 60:.1f} min.  ",
+        "CPP / MEP accuracy: held-out pretraining clips, one fixed sampler for all variants (uniform negatives, "
+        f"chance {results['mep_chance']:.3f}; CPP chance 0.5). Top-1: held-out labelled clips "
+        f"(chance {results['top1_chance']:.3f}).",
+        "",
+    ]
+    for suite in results["suites"]:
+        lines += [f"## {suite}", "", "| variant | " + " | ".join(HEADERS) + " |", "|---|" + "---|" * len(HEADERS)]
+        for name, summary in results["tables"][suite].items():
+            lines.append(f"| {name} | " + " | ".join(format_cell(m, summary[m]) for m in METRICS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_key(variant: Variant) -> str:
+    """Folder name of a variant: its overrides (shared by every suite that runs it), or 'scratch'."""
+    if not variant.pretrained:
+        return "scratch" + ("_" + variant.overrides if variant.overrides else "")
+    return variant.overrides.replace("=", "-").replace(",", "_") or "paper"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data_dir) if args.data_dir else out / "data"
+    cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    state = PartialState()
+    if not (data / "pretrain").is_dir() or not (data / "labelled").is_dir():
+        if args.data_dir:
+            raise FileNotFoundError(
+                f"--data_dir {data} lacks pretrain/ or labelled/; make it with `pemt make-demo-data {data} --task relation`."
+            )
+        if state.is_main_process:
+            from ..data.demo import make_relation_data
+
+            make_relation_data(data, workers=2)
+        state.wait_for_everyone()
+    settings = Settings(
+        preset=args.preset,
+        pretraining_steps=args.pretraining_steps,
+        pretraining_batch_size=args.pretraining_batch_size,
+        finetuning_steps=args.finetuning_steps,
+        finetuning_batch_size=args.finetuning_batch_size,
+        extra_pretraining_args=["--mixed_precision", args.mixed_precision],
+        extra_finetuning_args=["--mixed_precision", args.mixed_precision],
+    )
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    tables: dict[str, dict[str, dict]] = {}
+    rows: dict[str, list[dict]] = {}
+    with keep_process_group():
+        for suite in suites:
+            tables[suite] = {}
+            for variant in SUITES[suite]:
+                key = run_key(variant)
+                if args.variants and key not in args.variants.split(","):
+                    continue
+                if key not in rows:
+                    rows[key] = [
+                        run_variant(variant, seed, data, out / "runs" / key / f"seed_{seed}", cache, settings)
+                        for seed in range(args.first_seed, args.seeds)
+                    ]
+                tables[suite][variant.name] = summarise(rows[key])
+    config = load_model_config(args.preset)
+    num_classes = sum(1 for p in (data / "labelled" / "train").iterdir() if p.is_dir())
+    results = {
+        "command": "pemt ablate " + " ".join(argv if argv is not None else []),
+        "suites": suites,
+        "seeds": args.seeds,
+        "settings": settings.__dict__,
+        "mep_chance": 1.0 / (config.mep_num_negatives + 1),
+        "top1_chance": 1.0 / num_classes,
+        "seconds": time.perf_counter() - started,
+        "tables": tables,
+        "runs": {key: value for key, value in rows.items()},
+    }
+    if state.is_main_process:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "results.md").write_text(markdown(results))
+        print(markdown(results))
+    state.wait_for_everyone()
+    state.destroy_process_group()
+    return results
+
+
+if __name__ == "__main__":
+    main()
