@@ -41,8 +41,8 @@ def main() -> None:
         for start in range(0, len(data) - 1, args.batch_size):
             batch = collate([data[i] for i in range(start, min(start + args.batch_size, len(data)))], processor, training=False)
             for name, values, mask in (
-                ("visual", model.pemt.embed_visual(batch["pixel_values"], batch["pixel_mask"]), batch["pixel_mask"]),
-                ("audio", model.pemt.embed_audio(batch["audio_values"], batch["audio_mask"]), batch["audio_mask"]),
+                ("visual", model.pemt.embed_visual(batch["pixel_values"], batch["visual_segment_mask"]), batch["visual_segment_mask"]),
+                ("audio", model.pemt.embed_audio(batch["audio_values"], batch["audio_segment_mask"]), batch["audio_segment_mask"]),
             ):
                 real = mask.bool()
                 pool = values[real].float()

@@ -26,7 +26,7 @@ from accelerate import PartialState
 
 from ..model.configuration_pemt import PemtConfig
 from . import finetune, pretrain
-from .loop import load_model_config, parse_overrides
+from .arguments import ModelArguments, load_model_config
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,12 @@ def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: P
     done = run_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    started = time.perf_counter()
     common = ["--seed", str(seed), "--cache_dir", str(cache), "--no_progress_bar", "--checkpointing_steps", "100000"]
-    config_args = ["--model_config", settings.preset, "--config_overrides", variant.overrides]
+    config_args = ["--model_config", settings.preset, *(["--config_overrides", variant.overrides] if variant.overrides else [])]
     result = {
         "transformer_parameters": transformer_parameters(
-            load_model_config(settings.preset, **parse_overrides(variant.overrides))
+            load_model_config(ModelArguments(model_config=settings.preset, config_overrides=variant.overrides or None))
         )
     }
     if variant.pretrained:
@@ -151,6 +152,7 @@ def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: P
             ]
         ) or {}
         result[key] = metrics.get("top1_accuracy", math.nan)
+    result["seconds"] = time.perf_counter() - started
     if PartialState().is_main_process:
         done.write_text(json.dumps(result, indent=2) + "\n")
         # The models are not needed for the table; dropping them keeps a full run's folder small.
@@ -198,7 +200,9 @@ def markdown(results: dict) -> str:
         f"# pemt ablate: {', '.join(results['suites'])}",
         "",
         f"Command: `{results['command']}`  ",
-        f"Seeds: {results['seeds']}; mean ± sd over seeds. Wall time: {results['seconds'] / 60:.1f} min.  ",
+        f"Seeds: {results['seeds']}; mean ± sd over seeds. Wall time of this invocation: {results['seconds'] / 60:.1f} "
+        f"min; of all its runs, summed (runs can share OUTPUT_DIR from several processes): "
+        f"{results['run_seconds'] / 60:.1f} min.  ",
         "CPP / MEP accuracy: held-out pretraining clips, one fixed sampler for all variants (uniform negatives, "
         f"chance {results['mep_chance']:.3f}; CPP chance 0.5). Top-1: held-out labelled clips "
         f"(chance {results['top1_chance']:.3f}).",
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
                         for seed in range(args.first_seed, args.seeds)
                     ]
                 tables[suite][variant.name] = summarise(rows[key])
-    config = load_model_config(args.preset)
+    config = load_model_config(ModelArguments(model_config=args.preset))
     num_classes = sum(1 for p in (data / "labelled" / "train").iterdir() if p.is_dir())
     results = {
         "command": "pemt ablate " + " ".join(argv if argv is not None else []),
@@ -272,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mep_chance": 1.0 / (config.mep_num_negatives + 1),
         "top1_chance": 1.0 / num_classes,
         "seconds": time.perf_counter() - started,
+        "run_seconds": sum(row.get("seconds", 0.0) for runs in rows.values() for row in runs),
         "tables": tables,
         "runs": {key: value for key, value in rows.items()},
     }
