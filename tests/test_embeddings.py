@@ -157,8 +157,9 @@ def test_projected_clip_embedding_is_what_the_classifier_reads():
 
 def test_correspondence_logits_are_pretrainings_cpp_logits_without_masking_or_swaps(monkeypatch):
     model, x = seeded(PemtForPreTraining), inputs(padded=False)
-    monkeypatch.setattr(modeling_pemt, "swap_audio", lambda a, m: (a, m, torch.zeros(a.shape[0], dtype=torch.bool)))
-    monkeypatch.setattr(modeling_pemt, "mask_segments", lambda e, real, vector, p: (e, torch.zeros_like(real.bool()) | (torch.arange(real.shape[1]) == 0)))
+    no_swap = torch.zeros(x["audio_values"].shape[0], dtype=torch.bool)
+    monkeypatch.setattr(modeling_pemt, "swap_audio", lambda a, m, g=None: (a, no_swap, torch.arange(a.shape[0]), ~no_swap))
+    monkeypatch.setattr(modeling_pemt, "mask_segments", lambda e, real, vector, p, g=None: (e, torch.zeros_like(real.bool()) | (torch.arange(real.shape[1]) == 0)))
     with torch.no_grad():
         forward = model(**x).cpp_logits
         direct = model.correspondence_logits(**x)
