@@ -18,6 +18,38 @@ from .configuration_pemt import PemtConfig
 # Bottleneck blocks widen their output 4x, as in every ResNet-50.
 EXPANSION = 4
 
+# `config.cnn_memory_format` -> the layout of the visual (5-D) and the audio (4-D) CNN's weights and activations.
+MEMORY_FORMATS = {
+    "channels_last": (torch.channels_last_3d, torch.channels_last),
+    "contiguous": (torch.contiguous_format, torch.contiguous_format),
+}
+
+
+class _MemoryFormatMixin:
+    """Runs a CNN in one memory format. oneDNN's and cuDNN's fast bf16 convolution kernels (AVX-512-BF16, AMX, tensor
+    cores) are written for channels-last activations; in the default contiguous (NCDHW) layout every convolution
+    reorders its input and output, and bf16 then buys little. The weights are converted once
+    ([`convert_memory_format`], called at build and after `from_pretrained`), the input at the CNN's entry; every
+    intermediate activation then stays in the format, since convolution, BatchNorm, ReLU and pooling preserve it."""
+
+    memory_format: torch.memory_format
+
+    @torch.no_grad()
+    def convert_memory_format(self) -> None:
+        """Stores every convolution weight in `self.memory_format`. In place (`.data`), so the `Parameter` objects an
+        optimiser already holds stay the same; the values and state-dict keys do not change."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)) and module.weight.device.type != "meta":
+                # `.to`, not `.contiguous`: a tensor with one channel (the audio stem's weight) counts as contiguous in
+                # either layout, and only `.to` gives it the channels-last strides from which convolutions pick theirs.
+                module.weight.data = module.weight.data.to(memory_format=self.memory_format)
+
+    def _to_memory_format(self, inputs: torch.Tensor) -> torch.Tensor:
+        # A no-op when the input is already in the format (the processor's tensors are contiguous, so this is one
+        # copy of the input per call: negligible next to the convolutions). `.to` for the one-channel audio input, as
+        # in `convert_memory_format`.
+        return inputs.to(memory_format=self.memory_format)
+
 
 def _conv_bn_relu(conv: nn.Module, channels: int, norm: type[nn.Module], relu: bool = True) -> list[nn.Module]:
     layers = [conv, norm(channels)]
@@ -103,11 +135,46 @@ def _stages(blocks_per_stage: Sequence[int], width: int, make_block) -> tuple[nn
     return nn.Sequential(*stages), channels
 
 
-class PemtVisualCNN(nn.Module):
+# oneDNN's bfloat16 Conv3d backward (torch 2.13, CPU) returns NaN gradients, or corrupts the heap and aborts, on small
+# clips: measured with a temporal extent of 2 after the stem (any spatial size), and of 4 with 16 x 16 frames; sizes
+# from 8 frames after the stem and 32 x 32 pixels up, and the paper's 16 and 112 x 112, gave finite gradients. The
+# forward pass is sound at every size. Below these bounds a training forward that would run the visual CNN in bf16
+# runs it in float32 (autocast), or stops with an error (bf16 weights, which cannot be run in float32 in place).
+BF16_BACKWARD_MIN_FRAMES_AFTER_STEM = 8
+BF16_BACKWARD_MIN_SIZE = 32
+
+
+def _bf16_backward_unsafe(cnn: nn.Module, pixel_values: torch.Tensor) -> bool:
+    """Whether this forward would record a bf16 Conv3d for oneDNN's backward at a size where it is broken."""
+    if pixel_values.device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    weights_bf16 = cnn.stem[0].weight.dtype == torch.bfloat16
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if not (weights_bf16 or autocast_bf16):
+        return False
+    if not (weights_bf16 or pixel_values.requires_grad or any(p.requires_grad for p in cnn.parameters())):
+        return False
+    conv = cnn.stem[0]
+    frames = (pixel_values.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    if frames >= BF16_BACKWARD_MIN_FRAMES_AFTER_STEM and min(pixel_values.shape[3:]) >= BF16_BACKWARD_MIN_SIZE:
+        return False
+    if weights_bf16:
+        raise ValueError(
+            f"The visual CNN has bfloat16 weights and is being trained on segments of {pixel_values.shape[2]} frames at "
+            f"{tuple(pixel_values.shape[3:])} pixels, where oneDNN's bfloat16 Conv3d backward returns NaN on CPUs "
+            f"(it needs at least {BF16_BACKWARD_MIN_FRAMES_AFTER_STEM} frames after the stride-2 stem and "
+            f"{BF16_BACKWARD_MIN_SIZE} x {BF16_BACKWARD_MIN_SIZE} pixels). Train with float32 weights under bf16 "
+            "autocast (`--mixed_precision bf16`), which runs the visual CNN in float32 at such sizes."
+        )
+    return True
+
+
+class PemtVisualCNN(_MemoryFormatMixin, nn.Module):
     """Single-pathway 3D ResNet: `[N, 3, frames, H, W]` -> `[N, visual_embedding_dim]`."""
 
     def __init__(self, config: PemtConfig):
         super().__init__()
+        self.memory_format = MEMORY_FORMATS[config.cnn_memory_format][0]
         width, t = config.visual_cnn_width, config.visual_stem_temporal_kernel
         self.stem = nn.Sequential(
             *_conv_bn_relu(
@@ -123,16 +190,26 @@ class PemtVisualCNN(nn.Module):
                 cin, inner, kernels[stage], spatial_stride=2 if stage > 0 and index == 0 else 1
             ),
         )
+        self.convert_memory_format()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixel_values = self._to_memory_format(pixel_values)
+        if _bf16_backward_unsafe(self, pixel_values):
+            # Autocast on, but at this size oneDNN's bf16 backward is broken: this CNN runs in float32 instead.
+            with torch.autocast("cpu", enabled=False):
+                return self._run(pixel_values.float()).to(torch.bfloat16)
+        return self._run(pixel_values)
+
+    def _run(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(pixel_values)).mean(dim=(2, 3, 4))
 
 
-class PemtAudioCNN(nn.Module):
+class PemtAudioCNN(_MemoryFormatMixin, nn.Module):
     """2D ResNet over log-mel spectrograms, stride 2 in every stage: `[N, 1, mels, frames]` -> `[N, audio_embedding_dim]`."""
 
     def __init__(self, config: PemtConfig):
         super().__init__()
+        self.memory_format = MEMORY_FORMATS[config.cnn_memory_format][1]
         width = config.audio_cnn_width
         # A separable stem looks along frequency and time separately, which suits spectrograms better than a
         # square kernel: harmonics and onsets are axis-aligned.
@@ -148,12 +225,13 @@ class PemtAudioCNN(nn.Module):
                 cin, inner, stride=2 if index == 0 else 1, separable=stage < separable
             ),
         )
+        self.convert_memory_format()
 
     def forward(self, audio_values: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(audio_values)).mean(dim=(2, 3))
+        return self.stages(self.stem(self._to_memory_format(audio_values))).mean(dim=(2, 3))
 
 
-__all__ = ["PemtVisualCNN", "PemtAudioCNN"]
+__all__ = ["PemtVisualCNN", "PemtAudioCNN", "MEMORY_FORMATS"]
 
 
 

@@ -108,6 +108,10 @@ class PemtConfig(PreTrainedConfig):
         cnn_checkpointing (`bool`, *optional*, defaults to `False`):
             Recompute CNN activations in the backward pass instead of storing them (saves most of the memory
             of a training step).
+        cnn_memory_format (`str`, *optional*, defaults to `"channels_last"`):
+            Layout the CNNs run in: `"channels_last"` (channels-last 3D / 2D, the layout oneDNN's and cuDNN's fast
+            bf16 kernels are written for) or `"contiguous"` (PyTorch's default NCDHW / NCHW). Same weights and
+            state-dict keys either way; outputs agree to float rounding.
         mask_probability (`float`, *optional*, defaults to 0.15):
             Pretraining: fraction of segments of each modality that masked embedding prediction hides.
         mep_num_negatives (`int`, *optional*, defaults to 16):
@@ -202,6 +206,7 @@ class PemtConfig(PreTrainedConfig):
 
     cnn_chunk_size: int = 0
     cnn_checkpointing: bool = False
+    cnn_memory_format: str = "channels_last"
 
     mask_probability: float = 0.15
     mep_num_negatives: int = 16
@@ -308,6 +313,10 @@ class PemtConfig(PreTrainedConfig):
             raise ValueError(
                 f"objective weights {weights} must be >= 0 (0 switches an objective off) with at least one positive."
             )
+        if self.cnn_memory_format not in CNN_MEMORY_FORMATS:
+            raise ValueError(
+                f"cnn_memory_format is {self.cnn_memory_format!r}; choose one of {', '.join(CNN_MEMORY_FORMATS)}."
+            )
         if self.cnn_chunk_size < 0:
             raise ValueError(f"cnn_chunk_size ({self.cnn_chunk_size}) must be 0 (no chunking) or a positive count.")
 
@@ -383,6 +392,7 @@ OBJECTIVE_WEIGHTS = ("visual_mep_weight", "audio_mep_weight", "multimodal_mep_we
 CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
 CLASSIFIER_HEADS = ("clip", "segment", "cnn")
 CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
+CNN_MEMORY_FORMATS = ("channels_last", "contiguous")
 
 # Presets are data files a user can copy: each holds overrides of the paper's defaults, with the reasons in "notes".
 # "tiny" exists for unit tests (every forward well under a second on a CPU core); "small" is what the CPU demo
