@@ -61,7 +61,12 @@ def classify(argv: list[str]) -> list:
         "--trust_remote_code", action="store_true",
         help="Run the repository's own copy of the code instead of the installed pemt's (not needed for pemt models).",
     )
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32",
+        help="Weights and compute dtype; bfloat16 is about 2x faster on CPUs with AVX-512-BF16 or AMX, and on GPUs.",
+    )
     args = parser.parse_args(argv)
+    import torch
     from transformers import pipeline
 
     from .model.pipeline_pemt import AudioVisualClassificationPipeline
@@ -71,7 +76,7 @@ def classify(argv: list[str]) -> list:
     pipeline_class = None if args.trust_remote_code else AudioVisualClassificationPipeline
     classifier = pipeline(
         "audio-visual-classification", model=args.model, trust_remote_code=args.trust_remote_code,
-        pipeline_class=pipeline_class,
+        pipeline_class=pipeline_class, dtype=getattr(torch, args.dtype),
     )
     results = classifier(args.videos, top_k=args.top_k, num_temporal_views=args.num_temporal_views, batch_size=args.batch_size)
     for video, ranking in zip(args.videos, results):
