@@ -16,6 +16,51 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def hardware() -> dict:
+    """What the figures depend on: the CPU model and whether it has bf16 units (AVX-512-BF16 vector instructions,
+    AMX matrix tiles), the GPU if any, and the thread count."""
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: the flags stay unknown
+        pass
+    return {
+        "cpu": model,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def describe_hardware(info: dict | None = None) -> str:
+    info = info or hardware()
+    units = "AMX" if info["amx_bf16"] else "AVX-512-BF16, no AMX" if info["avx512_bf16"] else "no bf16 units"
+    gpu = f"; GPU {info['gpu']}" if info["gpu"] else "; no GPU"
+    return f"{info['cpu']} ({units}){gpu}; {info['torch_threads']} thread(s)"
+
+
+def matmul_peak_flops(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 4096, reps: int = 3) -> float:
+    """FLOP/s of a large square matmul in `dtype`: the most this machine's math units reach (median of `reps`)."""
+    device = torch.device(device)
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    a @ b  # warm-up: thread pools, kernel selection
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - begin)
+    return 2 * size**3 / statistics.median(times)
+
+
 def command_line() -> str:
     """The command that reproduces this run, relative to the repository root."""
     script = Path(sys.argv[0]).resolve().relative_to(Path(__file__).resolve().parents[1])
@@ -41,6 +86,7 @@ def write_results(name: str, results: dict) -> Path:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
+        "hardware": hardware(),
         **results,
     }
     path = RESULTS_DIR / f"{name}.json"
