@@ -13,7 +13,7 @@ Each configuration runs in a fresh subprocess, so its peak memory is its own: pe
 A paper-size step takes about a minute on a 2-core CPU: `--clips`, `--segments` and `--configs` give a reduced run.
 
     python benchmarks/bench_finetune_step.py [--clips 5] [--segments 10] [--steps 1] [--chunk_size 5]
-        [--configs full-bf16-on full-bf16-off ...] [--threads N] [--channels_last]
+        [--configs full-bf16-on full-bf16-off ...] [--threads N] [--memory_format channels_last|contiguous]
 
 Prints a Markdown table and writes benchmarks/results/bench_finetune_step_<clips>x<segments>.json.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import command_line, print_table, write_results
+from common import command_line, describe_hardware, hardware, matmul_peak_flops, print_table, write_results
 from pemt import PemtConfig, PemtForAudioVisualClassification
 
 SHARING = {
@@ -42,20 +43,6 @@ SHARING = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ALL_CONFIGS = [f"{s}-{d}-{c}" for s in SHARING for d in DTYPES for c in ("off", "on")]
 NUM_LABELS = 32
-
-
-def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096, reps: int = 3) -> float:
-    """FLOP/s of a large square matmul in `dtype`: the most this machine's math units reach (median of `reps`)."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    a @ b  # warm-up: thread pools, kernel selection
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        begin = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - begin)
-    return 2 * size**3 / statistics.median(times)
 
 
 def synchronize(device: torch.device) -> None:
@@ -76,20 +63,16 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     on = checkpointing == "on"
     config = PemtConfig(
         **SHARING[sharing], num_labels=NUM_LABELS, num_segments=args.segments,
-        cnn_chunk_size=args.chunk_size if on else 0, cnn_checkpointing=on,
+        cnn_chunk_size=args.chunk_size if on else 0, cnn_checkpointing=on, cnn_memory_format=args.memory_format,
     )
     torch.manual_seed(0)
     model = PemtForAudioVisualClassification(config).to(device).train()
     if on:
         model.gradient_checkpointing_enable()
-    memory_format = torch.channels_last_3d if args.channels_last else torch.contiguous_format
-    if args.channels_last:
-        model.pemt.visual_cnn.to(memory_format=memory_format)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     c = config
     pixels = torch.randn(args.clips * args.segments, 3, c.frames_per_segment, c.train_crop_size, c.train_crop_size, device=device)
-    # channels_last_3d applies to the 5-D segment batch the CNN sees; the clip dimension is folded back on top.
-    pixels = pixels.contiguous(memory_format=memory_format).view(args.clips, args.segments, *pixels.shape[1:])
+    pixels = pixels.view(args.clips, args.segments, *pixels.shape[1:])  # the CNN converts its input to its layout
     inputs = {
         "pixel_values": pixels,
         "audio_values": torch.randn(args.clips, args.segments, 1, c.num_mel_bins, c.audio_frames, device=device),
@@ -97,12 +80,15 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype_name == "bf16")
 
+    losses = []
+
     def step(counter: FlopCounterMode | None = None) -> None:
         optimiser.zero_grad(set_to_none=True)
         with autocast, counter or contextlib.nullcontext():
             loss = model(**inputs).loss
         loss.backward()
         optimiser.step()
+        losses.append(loss.item())
 
     counter = FlopCounterMode(display=False)
     step(counter)  # warm-up, counting the forward's FLOPs on the way
@@ -118,7 +104,7 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     useful = 3 * counter.get_total_flops()
     peak = matmul_peak_flops(DTYPES[dtype_name], device)
     return {
-        "config": name, "device": device.type, "step_s": seconds, "times_s": times, "peak_memory_bytes": peak_memory,
+        "config": name, "device": device.type, "losses_finite": all(map(math.isfinite, losses)), "step_s": seconds, "times_s": times, "peak_memory_bytes": peak_memory,
         "forward_flops": counter.get_total_flops(), "useful_flops_per_s": useful / seconds,
         "matmul_peak_flops_per_s": peak, "fraction_of_peak": useful / seconds / peak,
     }
@@ -132,7 +118,8 @@ def main() -> None:
     parser.add_argument("--chunk_size", type=int, default=5, help="segments per CNN chunk when checkpointing is on")
     parser.add_argument("--configs", nargs="+", default=ALL_CONFIGS, choices=ALL_CONFIGS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--channels_last", action="store_true", help="visual CNN and its input in channels_last_3d")
+    parser.add_argument("--memory_format", default="channels_last", choices=["channels_last", "contiguous"],
+                        help="config.cnn_memory_format of the CNNs")
     parser.add_argument("--worker", choices=ALL_CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -154,6 +141,7 @@ def main() -> None:
         ])
         print(f"{name}: {run['step_s']:.1f} s", file=sys.stderr, flush=True)
     print(f"# {command_line()}")
+    print(f"# {describe_hardware()}")
     print(f"# {args.clips} clips x {args.segments} segments, chunk size {args.chunk_size} when checkpointing, "
           f"{args.threads} threads, {runs[0]['device']}; one warm-up step, median of {args.steps} timed")
     print_table(
@@ -161,7 +149,7 @@ def main() -> None:
         rows,
     )
     write_results(f"bench_finetune_step_{args.clips}x{args.segments}", {"clips": args.clips, "segments": args.segments, "steps": args.steps,
-                                          "chunk_size": args.chunk_size, "channels_last": args.channels_last, "runs": runs})
+                                          "chunk_size": args.chunk_size, "memory_format": args.memory_format, "hardware": hardware(), "runs": runs})
 
 
 if __name__ == "__main__":
