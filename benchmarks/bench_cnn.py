@@ -6,7 +6,10 @@ bf16 weights in channels-last (what `pipeline(..., dtype=torch.bfloat16)` runs).
 the paper's segment size (32 frames at 112 x 112). Timings are interleaved (one call of each variant per round) and
 the median of `--reps` rounds is reported, so that load from other processes falls on every variant alike.
 
-    python benchmarks/bench_cnn.py [--segments 2] [--reps 5] [--threads 1]
+    python benchmarks/bench_cnn.py [--segments 2] [--reps 5] [--threads 1] [--backward]
+
+With `--backward` each call is a training step of the CNN alone (train mode, forward + backward of the sum of the
+outputs; useful FLOPs counted as 3x the forward's).
 
 Prints a Markdown table and writes benchmarks/results/bench_cnn.json.
 """
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backward", action="store_true", help="time forward + backward in train mode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,27 +53,34 @@ def main() -> None:
     pixels = torch.randn(args.segments, 3, config.frames_per_segment, config.train_crop_size, config.train_crop_size)
     runs = {}
     for name, memory_format, autocast, dtype in VARIANTS:
-        cnn = PemtVisualCNN(PemtConfig(cnn_memory_format=memory_format)).eval()
+        cnn = PemtVisualCNN(PemtConfig(cnn_memory_format=memory_format)).train(args.backward)
         cnn.load_state_dict(reference.state_dict())
         cnn.to(dtype)
         context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
         runs[name] = (cnn, context, pixels.to(dtype))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         reference(pixels)
-    flops = counter.get_total_flops()
+    flops = counter.get_total_flops() * (3 if args.backward else 1)
+
+    def call(cnn, x) -> None:
+        if args.backward:
+            cnn.zero_grad(set_to_none=True)
+            cnn(x).float().sum().backward()
+        else:
+            with torch.no_grad():
+                cnn(x)
 
     peaks = {name: matmul_peak_flops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     times = {name: [] for name in runs}
-    with torch.no_grad():
-        for cnn, context, x in runs.values():  # warm-up: kernel selection, weight reorders
+    for cnn, context, x in runs.values():  # warm-up: kernel selection, weight reorders
+        with context():
+            call(cnn, x)
+    for _ in range(args.reps):
+        for name, (cnn, context, x) in runs.items():
+            begin = time.perf_counter()
             with context():
-                cnn(x)
-        for _ in range(args.reps):
-            for name, (cnn, context, x) in runs.items():
-                begin = time.perf_counter()
-                with context():
-                    cnn(x)
-                times[name].append(time.perf_counter() - begin)
+                call(cnn, x)
+            times[name].append(time.perf_counter() - begin)
     # The peak again after the timings: on a shared machine it moves, and the fraction should use what the run saw.
     peaks_after = {name: matmul_peak_flops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     peaks = {k: max(peaks[k], peaks_after[k]) for k in peaks}
@@ -85,11 +96,11 @@ def main() -> None:
                         "fraction_of_bf16_peak": rate / peaks["bf16"], "fraction_of_fp32_peak": rate / peaks["fp32"]})
     print(f"# {command_line()}")
     print(f"# {describe_hardware()}")
-    print(f"# visual CNN forward, {args.segments} segments of {config.frames_per_segment} x {config.train_crop_size}^2, "
-          f"{flops / 1e9:.0f} GFLOP; matmul peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
+    print(f"# visual CNN {'forward + backward (train mode)' if args.backward else 'forward (eval)'}, {args.segments} segments of {config.frames_per_segment} x {config.train_crop_size}^2, "
+          f"{flops / 1e9:.0f} useful GFLOP; matmul peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
           f"(4096^2, same run); medians of {args.reps} interleaved rounds")
     print_table(["variant", "seconds", "speed-up", "GFLOP/s", "of bf16 peak", "of fp32 peak"], rows)
-    write_results("bench_cnn", {"segments": args.segments, "reps": args.reps, "forward_flops": flops,
+    write_results("bench_cnn_backward" if args.backward else "bench_cnn", {"backward": args.backward, "segments": args.segments, "reps": args.reps, "forward_flops": flops,
                                 "matmul_peak_flops_per_s": peaks, "hardware": hardware(), "runs": results})
 
 

@@ -30,6 +30,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_processor", []),
     ("bench_transformers", ["--threads", "1"]),
     ("bench_cnn", ["--threads", "1"]),
+    ("bench_cnn", ["--threads", "1", "--backward"]),
     ("bench_finetune_step", ["--clips", "1", "--segments", "2", "--chunk_size", "1", "--threads", "1"]),
     ("bench_finetune_step", ["--configs", "full-bf16-on", "full-bf16-off", "--threads", "1"]),
     ("bench_pipeline", []),
@@ -44,10 +45,11 @@ def _load(name: str) -> dict | None:
 def summary_rows() -> list[list[str]]:
     """One row per key figure, from the results files the benchmarks wrote (missing files are skipped)."""
     rows = []
-    if cnn := _load("bench_cnn"):
-        for run in cnn["runs"]:
-            rows.append([f"visual CNN forward, {cnn['segments']} segments: {run['variant']}", f"{run['median_s']:.2f} s",
-                         f"{run['fraction_of_bf16_peak']:.0%} of bf16 matmul peak", cnn["command"]])
+    for name, what in (("bench_cnn", "forward"), ("bench_cnn_backward", "fwd + bwd")):
+        if cnn := _load(name):
+            for run in cnn["runs"]:
+                rows.append([f"visual CNN {what}, {cnn['segments']} segments: {run['variant']}", f"{run['median_s']:.2f} s",
+                             f"{run['fraction_of_bf16_peak']:.0%} of bf16 matmul peak", cnn["command"]])
     for path in sorted(RESULTS_DIR.glob("bench_finetune_step_*.json")):
         step = json.loads(path.read_text())
         for run in step["runs"]:
