@@ -65,7 +65,8 @@ def summary_rows() -> list[list[str]]:
             rows.append([f"pipeline, {pipe['seconds_of_video']:.0f}-s 720p clip, {pipe['preset']}: bf16 vs fp32",
                          f"{pipe['bf16_s']:.1f} s vs {pipe['fp32_s']:.1f} s",
                          f"{pipe['speedup']:.2f}x, same top-1: {pipe['same_top1']}, max prob. diff "
-                         f"{pipe['max_probability_difference']:.1e}", pipe["command"]])
+                         f"{pipe['max_probability_difference']:.1e}, max logit diff / logit std "
+                         f"{pipe.get('relative_logit_error', float('nan')):.3f}", pipe["command"]])
     if transformers := _load("bench_transformers"):
         for run in transformers["runs"]:
             rows.append([f"Transformers fwd+bwd, {run['dtype']}: {run['variant']}", f"{run['median_s'] * 1e3:.0f} ms",
