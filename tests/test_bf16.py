@@ -124,16 +124,11 @@ def test_pipeline_classifies_with_a_bf16_model_like_float32(saved_classifier):
     assert any(abs(fp32[k] - other[k]) >= 2e-2 for k in fp32), (fp32, other)
 
 
-@pytest.mark.xfail(
-    raises=TypeError, strict=False,
-    reason="from_pretrained(dtype=torch.bfloat16) drops Sigma's `base` buffer (torch's orthogonal parametrisation); "
-    "fixed on the conformance branch (issue 13): remove this mark once it is merged",
-)
 def test_cli_classify_with_bf16(saved_classifier):
-    from pemt.cli import main as pemt_main
+    from pemt.cli import classify as pemt_classify
 
     model_dir, _, clip = saved_classifier
-    ranking = pemt_main(["classify", clip, "--model", str(model_dir), "--dtype", "bfloat16", "--top_k", "3"])[0]
+    ranking = pemt_classify([clip, "--model", str(model_dir), "--dtype", "bfloat16", "--top_k", "3"])[0]
     bf16, fp32 = {e["label"]: e["score"] for e in ranking}, classify(model_dir, clip)
     assert max(fp32, key=fp32.get) == max(bf16, key=bf16.get)
     assert all(abs(fp32[k] - bf16[k]) < 2e-2 for k in fp32), (fp32, bf16)

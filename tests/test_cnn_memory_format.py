@@ -10,7 +10,7 @@ from torch import nn
 from pemt import PemtConfig, PemtForAudioVisualClassification, PemtModel
 
 # Float32 sums in another order: channels-last convolutions differ from contiguous ones by rounding only.
-TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}
 
 
 def tiny(**overrides) -> PemtConfig:
@@ -44,7 +44,7 @@ def gradients(model: nn.Module, x: dict) -> tuple[dict[str, torch.Tensor], torch
     model.zero_grad()
     out = model(**x)
     readout = torch.randn(out.multimodal_last_hidden_state.shape, generator=torch.Generator().manual_seed(1))
-    loss = (out.multimodal_last_hidden_state * readout).sum() + out.visual_embeddings.square().mean() + out.audio_embeddings.square().mean()
+    loss = (out.multimodal_last_hidden_state * readout).sum() + out.visual_cnn_embeddings.square().mean() + out.audio_cnn_embeddings.square().mean()
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, out.multimodal_last_hidden_state
 
@@ -99,7 +99,7 @@ def test_channels_last_matches_contiguous_outputs(train):
     x = inputs()
     a = contiguous.train(train)(**x)
     b = channels_last.train(train)(**x)
-    for field in ("visual_embeddings", "audio_embeddings", "multimodal_last_hidden_state"):
+    for field in ("visual_cnn_embeddings", "audio_cnn_embeddings", "multimodal_last_hidden_state"):
         torch.testing.assert_close(b[field], a[field], msg=field, **TOLERANCE)
     # Training mode: BatchNorm's running statistics moved the same way (padding excluded in both).
     assert_state_close(channels_last, contiguous)
@@ -107,8 +107,8 @@ def test_channels_last_matches_contiguous_outputs(train):
     # would be undone by BatchNorm in training mode).
     with torch.no_grad():
         channels_last.visual_cnn.stem[0].weight[0, 0, 0, 0, 0].add_(0.05)
-    changed = channels_last(**x).visual_embeddings
-    assert not torch.allclose(changed, a.visual_embeddings, **TOLERANCE)
+    changed = channels_last(**x).visual_cnn_embeddings
+    assert not torch.allclose(changed, a.visual_cnn_embeddings, **TOLERANCE)
 
 
 def test_channels_last_matches_contiguous_gradients_with_chunks_and_checkpointing():
