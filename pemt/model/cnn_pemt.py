@@ -29,7 +29,8 @@ class _MemoryFormatMixin:
     """Runs a CNN in one memory format. oneDNN's and cuDNN's fast bf16 convolution kernels (AVX-512-BF16, AMX, tensor
     cores) are written for channels-last activations; in the default contiguous (NCDHW) layout every convolution
     reorders its input and output, and bf16 then buys little. The weights are converted once
-    ([`convert_memory_format`], called at build and after `from_pretrained`), the input at the CNN's entry; every
+    ([`convert_memory_format`]: a PEMT model calls it after initialising its weights and after `from_pretrained`; a
+    CNN built on its own should call it once), the input at the CNN's entry; every
     intermediate activation then stays in the format, since convolution, BatchNorm, ReLU and pooling preserve it."""
 
     memory_format: torch.memory_format
@@ -190,7 +191,6 @@ class PemtVisualCNN(_MemoryFormatMixin, nn.Module):
                 cin, inner, kernels[stage], spatial_stride=2 if stage > 0 and index == 0 else 1
             ),
         )
-        self.convert_memory_format()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = self._to_memory_format(pixel_values)
@@ -225,7 +225,6 @@ class PemtAudioCNN(_MemoryFormatMixin, nn.Module):
                 cin, inner, stride=2 if index == 0 else 1, separable=stage < separable
             ),
         )
-        self.convert_memory_format()
 
     def forward(self, audio_values: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(self._to_memory_format(audio_values))).mean(dim=(2, 3))

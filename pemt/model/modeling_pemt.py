@@ -532,6 +532,8 @@ class PemtPreTrainedModel(PreTrainedModel):
 
     def post_init(self) -> None:
         super().post_init()
+        # After initialisation, not before: in-place initialisers draw in memory order, so a channels-last weight
+        # would receive other random values than a contiguous one at the same seed.
         self.convert_cnn_memory_format()
 
     @classmethod
