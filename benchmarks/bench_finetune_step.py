@@ -15,7 +15,7 @@ A paper-size step takes about a minute on a 2-core CPU: `--clips`, `--segments` 
     python benchmarks/bench_finetune_step.py [--clips 5] [--segments 10] [--steps 1] [--chunk_size 5]
         [--configs full-bf16-on full-bf16-off ...] [--threads N] [--memory_format channels_last|contiguous]
 
-Prints a Markdown table and writes benchmarks/results/bench_finetune_step_<clips>x<segments>.json.
+Prints a Markdown table and writes benchmarks/results/bench_finetune_step_<clips>x<segments>_<memory_format>.json.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main() -> None:
         ["config", "step s", "peak memory GiB", "forward TFLOP", "useful GFLOP/s", "matmul peak GFLOP/s", "of peak"],
         rows,
     )
-    write_results(f"bench_finetune_step_{args.clips}x{args.segments}", {"clips": args.clips, "segments": args.segments, "steps": args.steps,
+    write_results(f"bench_finetune_step_{args.clips}x{args.segments}_{args.memory_format}", {"clips": args.clips, "segments": args.segments, "steps": args.steps,
                                           "chunk_size": args.chunk_size, "memory_format": args.memory_format, "hardware": hardware(), "runs": runs})
 
 
