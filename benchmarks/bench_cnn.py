@@ -55,7 +55,6 @@ def main() -> None:
     for name, memory_format, autocast, dtype in VARIANTS:
         cnn = PemtVisualCNN(PemtConfig(cnn_memory_format=memory_format)).train(args.backward)
         cnn.load_state_dict(reference.state_dict())
-        cnn.convert_memory_format()
         cnn.to(dtype)
         context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
         runs[name] = (cnn, context, pixels.to(dtype))

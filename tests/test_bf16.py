@@ -15,7 +15,6 @@ def visual_cnn(frames: int, size: int) -> tuple[PemtVisualCNN, torch.Tensor]:
     config = PemtConfig.from_preset("tiny", frames_per_segment=frames)  # the CNN takes any frame size
     torch.manual_seed(0)
     cnn = PemtVisualCNN(config).train()
-    cnn.convert_memory_format()  # what a PEMT model does after initialising its weights
     return cnn, torch.randn(4, 3, frames, size, size)
 
 

@@ -28,17 +28,20 @@ MEMORY_FORMATS = {
 class _MemoryFormatMixin:
     """Runs a CNN in one memory format. oneDNN's and cuDNN's fast bf16 convolution kernels (AVX-512-BF16, AMX, tensor
     cores) are written for channels-last activations; in the default contiguous (NCDHW) layout every convolution
-    reorders its input and output, and bf16 then buys little. The weights are converted once
-    ([`convert_memory_format`]: a PEMT model calls it after initialising its weights and after `from_pretrained`; a
-    CNN built on its own should call it once), the input at the CNN's entry; every
-    intermediate activation then stays in the format, since convolution, BatchNorm, ReLU and pooling preserve it."""
+    reorders its input and output, and bf16 then buys little. The input is converted at the CNN's entry and every
+    activation then stays in the format: a convolution runs channels-last when its input is, and BatchNorm, ReLU,
+    pooling and the residual sums preserve it. The weights stay contiguous, as transformers expects of a model's
+    parameters: oneDNN reorders them into its own blocked layout at every call whatever their layout (measured: the
+    same time with channels-last weights), and under autocast they are cast at every call anyway.
+    [`convert_memory_format`] converts them for a caller who wants it (cuDNN then skips its per-call conversion)."""
 
     memory_format: torch.memory_format
 
     @torch.no_grad()
     def convert_memory_format(self) -> None:
         """Stores every convolution weight in `self.memory_format`. In place (`.data`), so the `Parameter` objects an
-        optimiser already holds stay the same; the values and state-dict keys do not change."""
+        optimiser already holds stay the same; the values and state-dict keys do not change. Call it after
+        initialising or loading weights: in-place initialisers draw in memory order, and loading replaces tensors."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Conv3d)) and module.weight.device.type != "meta":
                 # `.to`, not `.contiguous`: a tensor with one channel (the audio stem's weight) counts as contiguous in

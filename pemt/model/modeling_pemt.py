@@ -530,27 +530,6 @@ class PemtPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["PemtLayer"]
 
-    def post_init(self) -> None:
-        super().post_init()
-        # After initialisation, not before: in-place initialisers draw in memory order, so a channels-last weight
-        # would receive other random values than a contiguous one at the same seed.
-        self.convert_cnn_memory_format()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # Loading replaces the parameters with tensors in the checkpoint's (contiguous) layout; the CNN weights are
-        # converted back once here rather than at every forward.
-        loaded = super().from_pretrained(*args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded).convert_cnn_memory_format()
-        return loaded
-
-    def convert_cnn_memory_format(self) -> None:
-        """Stores the CNNs' convolution weights in `config.cnn_memory_format` (see [`PemtVisualCNN`]). Called at
-        build and after `from_pretrained`; call it again after replacing CNN parameters by other means."""
-        for module in self.modules():
-            if isinstance(module, (PemtVisualCNN, PemtAudioCNN)):
-                module.convert_memory_format()
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # `transformers.initialization` functions skip tensors already loaded from a checkpoint.
