@@ -83,6 +83,7 @@ def test_features_are_the_documented_poolings_of_the_backbone_outputs():
     expected = torch.stack([sequence[0, 1:].mean(0), sequence[1, 1:].mean(0), sequence[2, 1]])
     torch.testing.assert_close(video.pooler_output, expected)
     assert video.last_hidden_state.shape == (3, 1 + t, h)
+    assert audio.last_hidden_state.shape == (3, 1 + t, h) and audio.pooler_output.shape == (3, 2 * h)
     summary_and_mean = torch.cat([output.audio_summary, torch.stack([
         output.audio_last_hidden_state[0, 1:].mean(0), output.audio_last_hidden_state[1, 1:].mean(0),
         output.audio_last_hidden_state[2, 1]])], dim=-1)

@@ -426,6 +426,7 @@ class PemtEmbeddingsMixin:
             attentions=getattr(output, f"{name}_attentions"),
         )
 
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values: torch.FloatTensor,
@@ -452,6 +453,7 @@ class PemtEmbeddingsMixin:
         inputs = {"pixel_values": pixel_values, "visual_segment_mask": visual_segment_mask}
         return self._unimodal_features("visual", inputs, pooling, normalize, projected, **kwargs)
 
+    @can_return_tuple
     def get_audio_features(
         self,
         audio_values: torch.FloatTensor,
@@ -476,6 +478,7 @@ class PemtEmbeddingsMixin:
         inputs = {"audio_values": audio_values, "audio_segment_mask": audio_segment_mask}
         return self._unimodal_features("audio", inputs, pooling, normalize, projected, **kwargs)
 
+    @can_return_tuple
     def get_clip_features(
         self,
         pixel_values: torch.FloatTensor,
