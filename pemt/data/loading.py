@@ -25,7 +25,17 @@ from ..model.processing_pemt import PemtProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VIDEO_EXTENSIONS", "load_video_folder", "load_prepared", "load_video_list", "from_hub_dataset", "preprocess_dataset", "collate", "label_names"]
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "load_video_folder",
+    "load_prepared",
+    "load_video_list",
+    "from_hub_dataset",
+    "preprocess_dataset",
+    "collate",
+    "label_names",
+    "align_labels",
+]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".ts")
 
@@ -155,6 +165,49 @@ def label_names(dataset: datasets.Dataset | datasets.DatasetDict) -> dict[int, s
         raise ValueError("The clips have no labels (a flat folder, or a list without a label column); classification "
                          "needs class folders or labels.")
     return dict(enumerate(dataset.features["label"].names))
+
+
+def align_labels(dataset: datasets.Dataset, id2label: dict[int, str], source: str = "the data set") -> datasets.Dataset:
+    """Renumbers a data set's `label` column by name onto a model's `id2label`.
+
+    A data set built from folders or a file numbers its classes by its own sorted names, so an evaluation folder
+    holding a subset of the classes, or a file naming them in another order, would be scored against the wrong
+    classes. Labels are therefore matched by name.
+
+    Args:
+        dataset (`datasets.Dataset`): with a `ClassLabel` `label` column (as the loaders here build it). A column of
+            plain integers is taken as model ids and only checked against the model's range.
+        id2label (`dict[int, str]`): the model's `config.id2label`.
+        source (`str`, *optional*): what the data came from, for the error message.
+
+    Raises:
+        `ValueError`: a label the model does not know; the message names it and the model's labels.
+    """
+    id2label = {int(i): str(name) for i, name in id2label.items()}
+    feature = dataset.features["label"]
+    if not isinstance(feature, datasets.ClassLabel):
+        unknown = sorted({int(v) for v in dataset["label"]} - set(id2label))
+        if unknown:
+            raise ValueError(f"{source}: label ids {unknown} are outside the model's {len(id2label)} classes.")
+        return dataset
+    label2id = {name: i for i, name in id2label.items()}
+    present = sorted({feature.names[int(v)] for v in dataset["label"]})
+    unknown = [name for name in present if name not in label2id]
+    if unknown:
+        raise ValueError(
+            f"{source}: label(s) {', '.join(map(repr, unknown))} are not among the model's classes "
+            f"({', '.join(map(repr, label2id))}); evaluate on the classes the model was trained for."
+        )
+    names = [id2label[i] for i in sorted(id2label)]
+    if feature.names == names:
+        return dataset
+    mapping = {old: label2id[name] for old, name in enumerate(feature.names) if name in label2id}
+    return dataset.map(
+        lambda label: {"label": mapping[int(label)]},
+        input_columns="label",
+        features=datasets.Features({**dataset.features, "label": datasets.ClassLabel(names=names)}),
+        desc="Matching labels to the model's",
+    )
 
 
 def _stored_features(processor: PemtProcessor, training: bool, label_feature: Any) -> datasets.Features:

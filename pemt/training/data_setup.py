@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.clips import ClipDataset, stack_clips
-from ..data.loading import collate, from_hub_dataset, load_video_folder, load_video_list, preprocess_dataset
+from ..data.loading import align_labels, collate, from_hub_dataset, label_names, load_video_folder, load_video_list, preprocess_dataset
 from ..errors import PemtUsageError
 from ..model.processing_pemt import PemtProcessor
 
@@ -143,6 +143,9 @@ def load_raw_splits(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dat
         evaluation = loaded
     elif args.eval_file:
         evaluation = load_video_list(args.eval_file)
+    if evaluation is not None:
+        # The model's classes are the training set's: the evaluation set is numbered by name onto them.
+        evaluation = align_labels(evaluation, label_names(train), source=args.eval_dir or args.eval_file or args.dataset_name or args.train_dir)
     return train, evaluation
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from ..data.loading import align_labels
 from ..model.media_pemt import MediaDecodeError
 from ..model.modeling_pemt import PemtForAudioVisualClassification
 from ..model.processing_pemt import PemtProcessor
@@ -76,12 +77,16 @@ def evaluate_model(
     num_temporal_views: int = 1,
     batch_size: int = 4,
     num_spatial_crops: int = 1,
+    source: str = "the evaluation set",
 ) -> dict:
     """Runs [`predict`] over a `video`/`label` data set, writes `eval_results.json` (and, for single-label models,
-    `confusion_matrix.png`) to `output_dir`, and returns the results."""
+    `confusion_matrix.png`) to `output_dir`, and returns the results. Labels are matched to the model's `id2label`
+    by name (see [`align_labels`]); `source` names the data in errors."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     multi_label = model.config.problem_type == "multi_label_classification"
+    # Class numbers of a data set are its own; names are what it shares with the model.
+    dataset = align_labels(dataset, model.config.id2label, source=source)
     scores, kept, skipped = predict(
         model, processor, list(dataset["video"]), num_temporal_views, batch_size, num_spatial_crops
     )
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = evaluate_model(
         model, processor, dataset, args.output_dir or args.model, args.num_temporal_views, args.batch_size,
         args.num_spatial_crops,
+        source=data_args.eval_dir or data_args.eval_file or data_args.dataset_name,
     )
     shown = {k: v for k, v in results.items() if k not in ("confusion_matrix", "skipped")}
     print(json.dumps(shown, indent=2))
