@@ -50,13 +50,22 @@ class ArgumentParser(argparse.ArgumentParser):
         usage_exit(self.prog, message)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def classify(argv: list[str]) -> list:
+    """Prints a ranking per readable file and an `error:` line (stderr) per unreadable one; exits with status 1
+    when some file could not be classified, after all the others were."""
     parser = ArgumentParser(prog="pemt classify", description=SUBCOMMANDS["classify"])
     parser.add_argument("videos", nargs="+", help="Video files.")
     parser.add_argument("--model", required=True, help="A fine-tuned model directory or Hub id.")
-    parser.add_argument("--top_k", type=int, default=5)
-    parser.add_argument("--num_temporal_views", type=int, default=1)
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--top_k", type=_positive, default=5)
+    parser.add_argument("--num_temporal_views", type=_positive, default=1)
+    parser.add_argument("--batch_size", type=_positive, default=1)
     parser.add_argument(
         "--trust_remote_code", action="store_true",
         help="Run the repository's own copy of the code instead of the installed pemt's (not needed for pemt models).",
@@ -78,11 +87,22 @@ def classify(argv: list[str]) -> list:
         "audio-visual-classification", model=args.model, trust_remote_code=args.trust_remote_code,
         pipeline_class=pipeline_class, dtype=getattr(torch, args.dtype),
     )
-    results = classifier(args.videos, top_k=args.top_k, num_temporal_views=args.num_temporal_views, batch_size=args.batch_size)
+    results = classifier(
+        args.videos, top_k=args.top_k, num_temporal_views=args.num_temporal_views, batch_size=args.batch_size,
+        errors="return",
+    )
+    failed = 0
     for video, ranking in zip(args.videos, results):
+        if isinstance(ranking, dict):
+            failed += 1
+            print(f"error: {ranking['error']}", file=sys.stderr, flush=True)
+            continue
         print(video)
         for entry in ranking:
             print(f"  {entry['score']:.3f}  {entry['label']}")
+    if failed:
+        print(f"error: {failed} of {len(args.videos)} file(s) could not be classified.", file=sys.stderr)
+        raise SystemExit(1)
     return results
 
 

@@ -10,7 +10,11 @@ import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
+from .media_pemt import MediaDecodeError
+from .weights_check_pemt import require_trained_heads
+
 FUNCTIONS = ("softmax", "sigmoid", "none")
+ERROR_MODES = ("raise", "return")
 _DEFAULT = object()  # tells "top_k not given" (5) from `top_k=None` (all labels)
 
 
@@ -33,6 +37,9 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         num_spatial_crops (`int`, *optional*, defaults to 1): 1 (centre) or 3 (left, centre, right) crops per view.
         video_fps (`float`, *optional*): frame rate of array inputs; defaults to the processor's `video_fps`.
         timeout (`float`, *optional*): seconds to wait for a URL.
+        errors (`str`, *optional*, defaults to `"raise"`): `"raise"` raises [`MediaDecodeError`] naming the first
+            unreadable input; `"return"` puts `{"error": message}` in that input's place and classifies every other
+            input, also from generators and with `batch_size > 1`.
 
     Example:
 
@@ -42,6 +49,8 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     >>> classifier = pipeline("audio-visual-classification", model="path/to/finetuned", trust_remote_code=True)
     >>> classifier("clip.mp4", top_k=3)
     [{'label': 'dog barking', 'score': 0.91}, ...]
+    >>> classifier(["a.mp4", "broken.mp4"], errors="return")  # one bad file does not cost the others
+    [[{'label': 'dog barking', 'score': 0.91}, ...], {'error': 'broken.mp4: not a readable media file, ...'}]
     ```
     """
 
@@ -49,6 +58,11 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A pretraining checkpoint loads with random heads: its rankings would look plausible and mean nothing.
+        require_trained_heads(self.model)
 
     def _sanitize_parameters(
         self,
@@ -58,12 +72,13 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         num_spatial_crops: int | None = None,
         video_fps: float | None = None,
         timeout: float | None = None,
+        errors: str | None = None,
         **unknown,
     ) -> tuple[dict, dict, dict]:
         if unknown:
             raise TypeError(
                 f"audio-visual-classification got unknown argument(s) {', '.join(sorted(unknown))}; it takes top_k, "
-                "function_to_apply, num_temporal_views, num_spatial_crops, video_fps and timeout (and batch_size, "
+                "function_to_apply, num_temporal_views, num_spatial_crops, video_fps, timeout and errors (and batch_size, "
                 "num_workers)."
             )
         preprocess = {}
@@ -77,6 +92,10 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
             preprocess["video_fps"] = float(video_fps)
         if timeout is not None:
             preprocess["timeout"] = timeout
+        if errors is not None:
+            if errors not in ERROR_MODES:
+                raise ValueError(f"errors must be one of {', '.join(map(repr, ERROR_MODES))}; got {errors!r}.")
+            preprocess["errors"] = errors
         postprocess = {}
         if top_k is not _DEFAULT:
             if top_k is not None and int(top_k) < 1:
@@ -113,25 +132,59 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         num_spatial_crops: int = 1,
         video_fps: float | None = None,
         timeout: float | None = None,
+        errors: str = "raise",
     ):
-        source = self._as_video_source(inputs, video_fps, timeout)
-        features = self.processor(
-            videos=source, num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops, return_tensors="pt"
-        )
+        try:
+            source = self._as_video_source(inputs, video_fps, timeout)
+            features = self.processor(
+                videos=source, num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops,
+                return_tensors="pt",
+            )
+        except MediaDecodeError as err:
+            if errors == "raise":
+                raise
+            # Every chunk of a batch carries the same keys, so the failed input travels as masked placeholders.
+            yield {"is_last": True, "error": str(err), **self._placeholder()}
+            return
         # A model loaded with `dtype=` reads inputs of that dtype.
         features = {k: v.to(self.model.dtype) if v.is_floating_point() else v for k, v in features.items()}
         views = num_temporal_views * num_spatial_crops
         for view in range(views):
             row = {key: value[view : view + 1] for key, value in features.items()}
-            yield {"is_last": view == views - 1, **row}
+            yield {"is_last": view == views - 1, "error": "", **row}
+
+    def _placeholder(self) -> dict[str, torch.Tensor]:
+        """All-masked zero inputs of the shapes one view of a clip gives: what an unreadable input occupies in a
+        batch. Shapes come from the processor itself (run once on a blank second of arrays)."""
+        if getattr(self, "_blank", None) is None:
+            video, audio = self.processor.video_processor, self.processor.feature_extractor
+            side = max(list(video.train_short_side_range) + [video.eval_short_side])
+            blank = {
+                "frames": np.zeros((int(video.video_fps) + 1, side, side, 3), dtype=np.uint8),
+                "video_fps": video.video_fps,
+                "waveform": np.zeros(audio.sampling_rate, dtype=np.float32),
+                "sampling_rate": audio.sampling_rate,
+            }
+            features = self.processor(videos=blank, return_tensors="pt")
+            self._blank = {
+                k: torch.zeros_like(v[:1], dtype=self.model.dtype if v.is_floating_point() else v.dtype)
+                for k, v in features.items()
+            }
+        return dict(self._blank)
 
     def _forward(self, model_inputs: dict) -> dict:
-        is_last = model_inputs.pop("is_last")
-        return {"logits": self.model(**self.model.select_inputs(model_inputs)).logits, "is_last": is_last}
+        is_last, error = model_inputs.pop("is_last"), model_inputs.pop("error")
+        if isinstance(error, str) and error:
+            # A lone failed input needs no forward pass.
+            return {"logits": None, "is_last": is_last, "error": error}
+        return {"logits": self.model(**self.model.select_inputs(model_inputs)).logits, "is_last": is_last, "error": error}
 
     def postprocess(
         self, model_outputs: list[dict], top_k: int | None = 5, function_to_apply: str | None = None
-    ) -> list[dict[str, float]]:
+    ) -> list[dict[str, float]] | dict[str, str]:
+        failed = [output["error"] for output in model_outputs if output["error"]]
+        if failed:
+            return {"error": failed[0]}
         logits = torch.cat([output["logits"] for output in model_outputs]).float()
         if function_to_apply is None:
             scores = self.model.probabilities(logits, num_views=len(model_outputs))[0]
