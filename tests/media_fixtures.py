@@ -46,8 +46,12 @@ def write_media(
     tone_hz: float = 440.0,
     gop: int | None = None,
     textured: bool = False,
+    audio_start: float = 0.0,
+    rotation: int = 0,
 ) -> Path:
-    """Writes h264 video (frame pattern) and AAC or PCM audio (a tone) to `path`; the container follows the suffix."""
+    """Writes h264 video (frame pattern) and AAC or PCM audio (a tone) to `path`; the container follows the suffix.
+    `audio_start` delays the audio track (seconds); `rotation` records a display matrix turning the picture that
+    many degrees counter-clockwise, as phones record portrait video."""
     path = Path(path)
     height, width = size
     texture = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8) if textured else None
@@ -59,6 +63,8 @@ def write_media(
             video_stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
             if gop:
                 video_stream.codec_context.gop_size = gop
+            if rotation:
+                video_stream.set_display_rotation(rotation)
         if sample_rate:
             codec = "pcm_s16le" if path.suffix == ".wav" else "aac"
             audio_stream = container.add_stream(codec, rate=sample_rate, layout=LAYOUTS[channels])
@@ -79,7 +85,7 @@ def write_media(
                     samples = (samples.T.reshape(1, -1) * 32767).astype(np.int16)
                 frame = av.AudioFrame.from_ndarray(samples, format=sample_format, layout=LAYOUTS[channels])
                 frame.sample_rate = sample_rate
-                frame.pts = start
+                frame.pts = start + round(audio_start * sample_rate)
                 frame.time_base = Fraction(1, sample_rate)
                 container.mux(audio_stream.encode(frame))
             container.mux(audio_stream.encode(None))

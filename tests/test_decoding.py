@@ -83,15 +83,23 @@ def test_broken_files_raise_our_error_naming_the_file(tmp_path):
         open_media(b"")
 
 
-def test_truncated_stream_holds_its_last_frame(tmp_path):
+def test_truncated_stream_masks_segments_past_the_cut(tmp_path):
     # Matroska keeps its header first, so a cut file opens and decodes up to the cut.
     good = write_media(tmp_path / "good.mkv", seconds=3.0, fps=10, size=(16, 16), sample_rate=None)
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with open_media(cut) as clip:
-        frames = clip.read_segments([2.0], TIMING).frames
-    assert frames.shape == (1, 4, 16, 16, 3)
-    assert len({source_index(f) for f in frames[0]}) == 1  # all past the cut: the last decoded frame, held
+        assert clip.duration == pytest.approx(3.0, abs=0.1)  # the header still claims the full length
+        segments = clip.read_segments([0.0, 2.0], TIMING)
+    assert segments.frames.shape == (2, 4, 16, 16, 3)
+    assert [source_index(f) for f in segments.frames[0]] == [0, 2, 4, 6]
+    # Past the cut the last decoded frame is held, and the segment says it is not real.
+    assert len({source_index(f) for f in segments.frames[1]}) == 1
+    assert segments.video_valid.tolist() == [True, False]
+    with pytest.raises(MediaDecodeError, match="no segment could be decoded") as info:
+        with open_media(cut) as clip:
+            clip.read_segments([2.0, 2.1], TIMING)
+    assert str(cut) in str(info.value)
 
 
 def test_bytes_file_objects_and_datasets_dicts_match_paths(tmp_path):

@@ -246,23 +246,25 @@ def _preprocess_batch(batch: dict[str, list], rank: int | None, processor: PemtP
             "audio_values": np.zeros((processor.num_segments, 1, processor.feature_extractor.num_mel_bins, processor.feature_extractor.audio_frames), np.float32),
         }
         try:
-            segments, real, _ = processor.decode(video, short_side=side)
-            mask = real.astype(np.int64)
+            segments, _, _ = processor.decode(video, short_side=side)
+            no_segment = np.zeros(processor.num_segments, dtype=bool)
+            video_valid = segments.video_valid if segments.frames is not None else no_segment
+            audio_valid = segments.audio_valid if segments.waveform is not None else no_segment
             if segments.frames is not None:
                 frames = video_processor.shrink(segments.frames, training).numpy()
-                frames[~real] = 0
+                frames[~video_valid] = 0
             else:
                 frames = empty["frames"]
             if segments.waveform is not None:
                 audio = processor.feature_extractor(segments.waveform, return_tensors="np")["audio_values"]
-                audio[~real] = 0
+                audio[~audio_valid] = 0
             else:
                 audio = empty["audio_values"]
             row = {
                 "frames": frames,
                 "audio_values": audio,
-                "visual_segment_mask": mask * (segments.frames is not None),
-                "audio_segment_mask": mask * (segments.waveform is not None),
+                "visual_segment_mask": video_valid.astype(np.int64),
+                "audio_segment_mask": audio_valid.astype(np.int64),
                 "error": "",
             }
         except (MediaDecodeError, OSError, RuntimeError) as err:

@@ -9,8 +9,9 @@ whole file.
 from __future__ import annotations
 
 import io
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -22,6 +23,19 @@ __all__ = ["MediaDecodeError", "SegmentTiming", "DecodedSegments", "open_media",
 # Spans closer than this are decoded in one pass: a seek re-decodes from a keyframe, which costs more than
 # decoding a short gap.
 _MERGE_GAP_SECONDS = 0.25
+# A stream whose decoder rejects this many packets in a row is taken to end there.
+_MAX_REJECTED_PACKETS_IN_A_ROW = 64
+# What PyAV raises for broken input: its FFmpeg errors (including `av.error.PermissionError` and
+# `av.error.EOFError`, which are also OS errors), text it cannot decode (metadata that is not UTF-8), and OS errors
+# of file objects.
+_DECODER_ERRORS = (av.error.FFmpegError, UnicodeDecodeError, OSError, EOFError)
+
+# Frame times further than this outside the clip's duration are not believed (see `MediaClip._time`).
+_TIME_SLACK_SECONDS = 10.0
+# Frames without a believable time skipped at the start of a decoding pass before times are taken as unknown.
+_UNTIMED_FRAMES_SKIPPED = 8
+
+logger = logging.getLogger(__name__)
 
 
 class MediaDecodeError(ValueError):
@@ -70,10 +84,22 @@ class DecodedSegments:
         frames (`np.ndarray` or `None`): `[S, F, H, W, 3]`, uint8 (or float in [0, 1] for float array input);
             `None` when the clip has no video.
         waveform (`np.ndarray` or `None`): `[S, samples]` float32 mono at the target rate; `None` without audio.
+        video_valid (`np.ndarray`, *optional*): `[S]` booleans: the segment's frames were decoded. `False` where
+            the stream ended (a truncated file), began later, or could not be decoded there; such a segment holds
+            placeholder frames and must be masked. All `True` when not given.
+        audio_valid (`np.ndarray`, *optional*): the same for the audio.
     """
 
     frames: np.ndarray | None
     waveform: np.ndarray | None
+    video_valid: np.ndarray | None = None
+    audio_valid: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.frames is not None and self.video_valid is None:
+            self.video_valid = np.ones(len(self.frames), dtype=bool)
+        if self.waveform is not None and self.audio_valid is None:
+            self.audio_valid = np.ones(len(self.waveform), dtype=bool)
 
 
 def _merge_spans(starts: Sequence[float], span: float) -> list[tuple[float, float, list[int]]]:
@@ -90,8 +116,26 @@ def _merge_spans(starts: Sequence[float], span: float) -> list[tuple[float, floa
     return groups
 
 
+def _rotate(image: np.ndarray, degrees: int) -> np.ndarray:
+    """Turns a decoded `[H, W, 3]` image the way its display matrix says: `degrees` counter-clockwise (the value
+    `VideoFrame.rotation` reads from the matrix; phones record portrait video as rotated landscape)."""
+    turns = round(degrees / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+
+
+def _covered(times: np.ndarray, first: float, end: float, tolerance: float) -> np.ndarray:
+    """Which sampling times fall within the decoded range `[first, end)`."""
+    return (times >= first - tolerance) & (times < end)
+
+
 class MediaClip:
     """A media file opened with PyAV; use [`open_media`] to build one.
+
+    Decoding degrades rather than fails: a packet the decoder rejects costs that packet, a stream that cannot be
+    decoded at all costs that stream (its segments are marked invalid and a warning is logged), and segments the
+    decoded data do not reach (past the end of a truncated file, before a stream's late start) are marked invalid
+    rather than filled with held frames or silence passed off as real. Only when no segment of any stream decodes
+    is the clip an error.
 
     Attributes:
         name (`str`): the path, or a description of the source, used in error messages.
@@ -106,12 +150,16 @@ class MediaClip:
         self.audio_stream = container.streams.audio[0] if container.streams.audio else None
         if self.video_stream is None and self.audio_stream is None:
             raise MediaDecodeError(f"{name}: no video or audio stream in the file.")
+        if self.video_stream is not None:
+            # Set once, before the codec opens: PyAV refuses it afterwards (a second read would fail).
+            self.video_stream.thread_type = "AUTO"
         # Both streams are measured from the container's start so that audio and video stay aligned.
         self.origin = (container.start_time or 0) / av.time_base
         self.duration = self._duration()
         # One converter for all frames: `VideoFrame.to_ndarray(format=...)` builds a new libswscale context per
         # frame, which costs 10x the conversion itself at the ~160-pixel sizes of prepared clips.
         self._reformatter = av.video.reformatter.VideoReformatter()
+        self._bad_packets: dict[int, int] = {}
 
     @property
     def has_video(self) -> bool:
@@ -144,9 +192,10 @@ class MediaClip:
                 if packet.pts is not None:
                     end = (packet.pts + (packet.duration or 0)) * packet.time_base
                     last = max(last, float(end) - self.origin)
-        except av.error.FFmpegError as err:
-            raise MediaDecodeError(f"{self.name}: cannot read the file to find its duration ({err}).") from err
-        self.container.seek(0)
+        except _DECODER_ERRORS as err:
+            if last == 0.0:
+                raise MediaDecodeError(f"{self.name}: cannot read the file to find its duration ({err}).") from err
+        self._seek_to_start()
         return last
 
     def read_segments(
@@ -157,109 +206,237 @@ class MediaClip:
         `max_short_side`: frames with a longer short side are converted to RGB at that short side by libswscale
         (area filter) while decoding. Converting a 720p frame costs more than decoding it; the frames PEMT needs are
         ~128 pixels, so this saves most of the time and memory. Callers then crop and resize in torch as usual.
+
+        Raises:
+            [`MediaDecodeError`]: nothing of the clip decodes, or the file cannot be read; the message names it.
         """
-        frames = self._read_video(starts, timing, max_short_side) if self.has_video else None
-        waveform = self._read_audio(starts, timing) if self.has_audio else None
-        return DecodedSegments(frames, waveform)
+        try:
+            frames, video_valid = self._read_video(starts, timing, max_short_side) if self.has_video else (None, None)
+            waveform, audio_valid = self._read_audio(starts, timing) if self.has_audio else (None, None)
+        except MediaDecodeError:
+            raise
+        except _DECODER_ERRORS as err:
+            raise MediaDecodeError(f"{self.name}: cannot be decoded ({type(err).__name__}: {err}).") from err
+        decoded = DecodedSegments(frames, waveform, video_valid, audio_valid)
+        found = [v for v in (video_valid, audio_valid) if v is not None]
+        if not any(v.any() for v in found):
+            raise MediaDecodeError(
+                f"{self.name}: no segment could be decoded (the file is broken or truncated before the first segment)."
+            )
+        for kind, stream, valid in (("video", self.video_stream, video_valid), ("audio", self.audio_stream, audio_valid)):
+            if valid is not None and not valid.all():
+                bad = self._bad_packets.get(stream.index, 0)
+                logger.warning(
+                    "%s: %d of %d %s segment(s) could not be decoded and are masked%s.",
+                    self.name, int((~valid).sum()), len(valid), kind,
+                    f" ({bad} packet(s) rejected by the decoder)" if bad else " (past the decodable end of the stream)",
+                )
+        return decoded
+
+    def _seek_to_start(self) -> None:
+        try:
+            self.container.seek(0)
+        except _DECODER_ERRORS as err:
+            raise MediaDecodeError(f"{self.name}: cannot seek in the file ({type(err).__name__}: {err}).") from err
 
     def _seek(self, stream: av.stream.Stream, seconds: float) -> None:
         target = int((seconds + self.origin) / stream.time_base)
         try:
             self.container.seek(max(target, 0), stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError:
+        except _DECODER_ERRORS:
             # Unseekable input (e.g. a pipe-like stream): decode from the start instead.
-            self.container.seek(0)
+            self._seek_to_start()
 
-    def _read_video(self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None) -> np.ndarray:
-        stream = self.video_stream
-        stream.thread_type = "AUTO"
+    def _packets_decoded(self, stream: av.stream.Stream) -> Iterator[av.frame.Frame]:
+        """Frames of `stream` from the current position. A packet the decoder rejects is skipped (as FFmpeg's own
+        tools do); the stream ends early where demuxing fails (a cut file) or after many rejected packets in a
+        row (a stream that cannot be decoded)."""
+        packets = self.container.demux(stream)
+        rejected_in_a_row = 0
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except _DECODER_ERRORS:
+                return
+            try:
+                frames = packet.decode()
+            except _DECODER_ERRORS:
+                self._bad_packets[stream.index] = self._bad_packets.get(stream.index, 0) + 1
+                rejected_in_a_row += 1
+                if rejected_in_a_row > _MAX_REJECTED_PACKETS_IN_A_ROW:
+                    return
+                continue
+            rejected_in_a_row = 0
+            yield from frames
+
+    def _time(self, frame: av.frame.Frame) -> float | None:
+        """Seconds from the clip's start; `None` when unknown or implausible: MPEG-TS timestamps are 33 bits, and
+        an AAC priming frame with a negative time shows up wrapped, 26.5 hours later."""
+        if frame.time is None:
+            return None
+        time = frame.time - self.origin
+        return time if -_TIME_SLACK_SECONDS <= time <= self.duration + _TIME_SLACK_SECONDS else None
+
+    def _frames_from(self, stream: av.stream.Stream, start: float, tolerance: float) -> Iterator[av.frame.Frame]:
+        """Decoded frames from the last keyframe at or before `start`. Some formats (MPEG-TS) have no index: a seek
+        there lands near the time asked for but not on a keyframe, and the decoder then drops every frame up to
+        the next keyframe, possibly to the end of the file. When the first frame comes later than `start`, the
+        seek is retried from further back (1, 2, 4, ... seconds) until the stream's beginning. Leading frames
+        without a believable time are dropped: they cannot be placed."""
+        back = 0.0
+        while True:
+            target = max(start - back, 0.0)
+            self._seek(stream, target)
+            frames = self._packets_decoded(stream)
+            first = None
+            for skipped, frame in enumerate(frames):
+                if self._time(frame) is not None or skipped >= _UNTIMED_FRAMES_SKIPPED:
+                    first = frame
+                    break
+            if first is not None:
+                time = self._time(first)
+                if time is None or time <= start + tolerance or target == 0.0:
+                    yield first
+                    yield from frames
+                    return
+            elif target == 0.0:
+                return
+            back = max(2 * back, 1.0)
+
+    def _read_video(
+        self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        interval = 1.0 / float(self.video_stream.average_rate or 30)
+        valid = np.zeros(len(starts), dtype=bool)
         out = None
+        self._frame_size = None
         for group_start, _, members in _merge_spans(starts, timing.span):
             wanted = np.unique(np.concatenate([timing.frame_times(starts[i]) for i in members]))
-            picked = self._pick_frames(group_start, wanted, max_short_side)
+            picked, (first, end) = self._pick_frames(group_start, wanted, max_short_side, interval)
+            if picked is None:
+                continue  # nothing decodes here: these segments stay invalid
             if out is None:
-                out = np.empty((len(starts), timing.frames_per_segment, *picked[0].shape), dtype=np.uint8)
+                out = np.zeros((len(starts), timing.frames_per_segment, *picked[0].shape), dtype=np.uint8)
             for i in members:
-                for k, t in enumerate(np.searchsorted(wanted, timing.frame_times(starts[i]))):
+                times = timing.frame_times(starts[i])
+                for k, t in enumerate(np.searchsorted(wanted, times)):
                     out[i, k] = picked[t]
-        return out
+                # Real when at least half of the frames the clip's length allows were decoded, not held.
+                expected = max(int((times < max(self.duration, interval)).sum()), 1)
+                valid[i] = _covered(times, first, end, interval).sum() >= max(1, expected / 2)
+        if out is None:
+            side = max_short_side or 16
+            out = np.zeros((len(starts), timing.frames_per_segment, side, side, 3), dtype=np.uint8)
+        return out, valid
 
     def _to_rgb(self, frame: av.VideoFrame, max_short_side: int | None) -> np.ndarray:
-        width, height = frame.width, frame.height
-        if max_short_side is None or min(width, height) <= max_short_side:
-            return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
-        # The same rounding as `PemtVideoProcessor.resize_short_side`, whose resize then has nothing left to do.
-        scale = max_short_side / min(width, height)
-        width, height = max(max_short_side, round(width * scale)), max(max_short_side, round(height * scale))
-        return self._reformatter.reformat(frame, format="rgb24", width=width, height=height, interpolation="AREA").to_ndarray()
+        if self._frame_size is None:
+            # The first frame decides the size: a stream that changes resolution midway is scaled to it.
+            width, height = frame.width, frame.height
+            if max_short_side is not None and min(width, height) > max_short_side:
+                # The same rounding as `PemtVideoProcessor.resize_short_side`, whose resize then has nothing to do.
+                scale = max_short_side / min(width, height)
+                width, height = max(max_short_side, round(width * scale)), max(max_short_side, round(height * scale))
+            self._frame_size = (width, height)
+        width, height = self._frame_size
+        if (width, height) == (frame.width, frame.height):
+            image = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        else:
+            image = self._reformatter.reformat(
+                frame, format="rgb24", width=width, height=height, interpolation="AREA"
+            ).to_ndarray()
+        return _rotate(image, frame.rotation)
 
-    def _pick_frames(self, group_start: float, wanted: np.ndarray, max_short_side: int | None) -> list[np.ndarray]:
-        """For each wanted time, the last decoded frame at or before it (the first frame if none is)."""
-        self._seek(self.video_stream, group_start)
+    def _pick_frames(
+        self, group_start: float, wanted: np.ndarray, max_short_side: int | None, interval: float
+    ) -> tuple[list[np.ndarray] | None, tuple[float, float]]:
+        """For each wanted time, the last decoded frame at or before it (the first frame if none is), and the
+        range `[first, end)` of times the decoded frames cover; `(None, ...)` when no frame decodes."""
         picked: list[np.ndarray] = []
         previous, previous_array = None, None
-        step = 1.0 / float(self.video_stream.average_rate or 30)
+        first = end = 0.0
         position = 0
-        try:
-            for index, frame in enumerate(self.container.decode(self.video_stream)):
-                time = frame.time - self.origin if frame.time is not None else index * step
-                if previous is None:
-                    # Times before the first decoded frame take that frame.
-                    previous = frame
-                while position < len(wanted) and wanted[position] < time - 1e-6:
-                    if previous_array is None:
-                        previous_array = self._to_rgb(previous, max_short_side)
-                    picked.append(previous_array)
-                    position += 1
-                if position == len(wanted):
-                    break
-                if previous is not frame:
-                    previous, previous_array = frame, None
-        except av.error.FFmpegError as err:
+        for index, frame in enumerate(self._frames_from(self.video_stream, group_start, interval)):
+            time = self._time(frame)
+            time = time if time is not None else group_start + index * interval
             if previous is None:
-                raise MediaDecodeError(f"{self.name}: video cannot be decoded ({err}).") from err
+                # Times before the first decoded frame take that frame (and do not count as decoded).
+                previous, first = frame, time
+            end = time + (float(frame.duration * frame.time_base) if frame.duration else interval)
+            while position < len(wanted) and wanted[position] < time - 1e-6:
+                if previous_array is None:
+                    previous_array = self._to_rgb(previous, max_short_side)
+                picked.append(previous_array)
+                position += 1
+            if position == len(wanted):
+                end = float("inf")
+                break
+            if previous is not frame:
+                previous, previous_array = frame, None
         if previous is None:
-            raise MediaDecodeError(f"{self.name}: the video stream holds no decodable frame.")
+            return None, (0.0, 0.0)
         if position < len(wanted):
-            # Past the end of the stream: the last frame is held, as a player would show it.
+            # Past the end of the stream: the last frame is held (and the range says these times were not decoded).
             last = previous_array if previous_array is not None else self._to_rgb(previous, max_short_side)
             picked.extend([last] * (len(wanted) - position))
-        return picked
+        return picked, (first, end)
 
-    def _read_audio(self, starts: Sequence[float], timing: SegmentTiming) -> np.ndarray:
+    def _read_audio(self, starts: Sequence[float], timing: SegmentTiming) -> tuple[np.ndarray, np.ndarray]:
         rate = timing.audio_sampling_rate
         out = np.zeros((len(starts), timing.audio_samples), dtype=np.float32)
+        valid = np.zeros(len(starts), dtype=bool)
         for group_start, group_end, members in _merge_spans(starts, timing.span):
             samples, first_time = self._decode_audio_span(group_start, group_end, rate)
+            if first_time is None:
+                continue
+            decoded_end = first_time + len(samples) / rate
             for i in members:
                 offset = round((starts[i] - first_time) * rate)
                 source_from, target_from = max(offset, 0), max(-offset, 0)
                 chunk = samples[source_from : source_from + timing.audio_samples - target_from]
                 out[i, target_from : target_from + len(chunk)] = chunk
-        return out
+                # Real when at least half of what the clip's length allows was decoded (not padding silence).
+                expected = max(min(starts[i] + timing.span, self.duration) - starts[i], 1.0 / rate)
+                overlap = min(decoded_end, starts[i] + timing.span) - max(first_time, starts[i])
+                valid[i] = overlap > 0 and overlap >= expected / 2
+        return out, valid
 
-    def _decode_audio_span(self, start: float, end: float, rate: int) -> tuple[np.ndarray, float]:
-        """Mono samples at `rate` from the frame at or before `start` to past `end`, and the time of the first."""
-        self._seek(self.audio_stream, start)
+    def _decode_audio_span(self, start: float, end: float, rate: int) -> tuple[np.ndarray, float | None]:
+        """Mono samples at `rate` from the frame at or before `start` to past `end`, and the time of the first
+        (`None` when nothing decodes). A gap left by a rejected packet is filled with silence so that later
+        samples keep their times."""
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         chunks: list[np.ndarray] = []
-        first_time = None
-        try:
-            for frame in self.container.decode(self.audio_stream):
-                time = frame.time - self.origin if frame.time is not None else None
-                if first_time is None:
-                    first_time = time if time is not None else start
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                if time is not None and time > end:
-                    break
-            for out in resampler.resample(None):
+        first_time, expected_next, produced = None, None, 0
+        for frame in self._frames_from(self.audio_stream, start, tolerance=0.1):
+            time = self._time(frame)
+            if first_time is None and time is not None and time + frame.samples / frame.sample_rate < start - 0.5:
+                continue  # a seek that landed far too early (MPEG-TS): what lies before the span is not kept
+            if first_time is None:
+                first_time = expected_next = time if time is not None else start
+            if time is not None and time - expected_next > 1.5 * frame.samples / frame.sample_rate:
+                missing = round((time - first_time) * rate) - produced
+                if missing > 0:
+                    chunks.append(np.zeros(missing, dtype=np.float32))
+                    produced += missing
+            try:
+                resampled = resampler.resample(frame)
+            except ValueError:
+                # The stream's format changed midway; a new resampler takes it from here.
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+                resampled = resampler.resample(frame)
+            for out in resampled:
                 chunks.append(out.to_ndarray().reshape(-1))
-        except (av.error.FFmpegError, ValueError) as err:
-            if not chunks:
-                raise MediaDecodeError(f"{self.name}: audio cannot be decoded ({err}).") from err
-        if not chunks:
-            return np.zeros(0, dtype=np.float32), start
+                produced += chunks[-1].size
+            expected_next = (time if time is not None else expected_next) + frame.samples / frame.sample_rate
+            if time is not None and time > end:
+                break
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+        if first_time is None or not chunks:
+            return np.zeros(0, dtype=np.float32), None
         return np.concatenate(chunks).astype(np.float32, copy=False), first_time
 
 
@@ -277,6 +454,10 @@ class ArrayClip:
             if "video_fps" not in data:
                 raise MediaDecodeError(f"{name}: frames are given without 'video_fps'.")
             self.video_fps = float(data["video_fps"])
+            if not self.video_fps > 0:
+                raise MediaDecodeError(f"{name}: video_fps must be positive; got {data['video_fps']!r}.")
+            if self.frames.dtype.kind == "f" and not np.isfinite(self.frames).all():
+                raise MediaDecodeError(f"{name}: frames hold NaN or infinite values.")
         waveform = data.get("waveform")
         self.waveform = None
         if waveform is not None and np.size(waveform) > 0:
@@ -284,7 +465,11 @@ class ArrayClip:
                 raise MediaDecodeError(f"{name}: a waveform is given without 'sampling_rate'.")
             waveform = np.asarray(waveform, dtype=np.float32)
             self.waveform = waveform.mean(axis=0) if waveform.ndim == 2 else waveform
+            if not np.isfinite(self.waveform).all():
+                raise MediaDecodeError(f"{name}: the waveform holds NaN or infinite values.")
             self.sampling_rate = int(data["sampling_rate"])
+            if self.sampling_rate <= 0:
+                raise MediaDecodeError(f"{name}: sampling_rate must be positive; got {data['sampling_rate']!r}.")
         if self.frames is None and self.waveform is None:
             raise MediaDecodeError(f"{name}: neither frames nor a waveform is given.")
         lengths = []
@@ -310,20 +495,26 @@ class ArrayClip:
         self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None = None
     ) -> DecodedSegments:
         """Frames and audio of segments starting at `starts`; `max_short_side` is ignored (resizing is torch's)."""
-        frames = waveform = None
+        frames = waveform = video_valid = audio_valid = None
         if self.frames is not None:
             times = np.stack([timing.frame_times(s) for s in starts])
             # Nearest-earlier frame, as for files; a small tolerance keeps exact multiples from rounding down.
-            index = np.clip(np.floor(times * self.video_fps + 1e-6).astype(int), 0, len(self.frames) - 1)
-            frames = self.frames[index]
+            position = np.floor(times * self.video_fps + 1e-6).astype(int)
+            frames = self.frames[np.clip(position, 0, len(self.frames) - 1)]
+            # As for files: real when at least half of the frames the arrays' length allows exist (not held).
+            expected = np.maximum((times < self.duration).sum(axis=1), 1)
+            video_valid = (position < len(self.frames)).sum(axis=1) >= np.maximum(1, expected / 2)
         if self.waveform is not None:
             resampled = _resample(self.waveform, self.sampling_rate, timing.audio_sampling_rate)
             waveform = np.zeros((len(starts), timing.audio_samples), dtype=np.float32)
+            audio_valid = np.zeros(len(starts), dtype=bool)
             for i, s in enumerate(starts):
                 begin = round(s * timing.audio_sampling_rate)
                 chunk = resampled[begin : begin + timing.audio_samples]
                 waveform[i, : len(chunk)] = chunk
-        return DecodedSegments(frames, waveform)
+                expected = min(timing.audio_samples, max(round(self.duration * timing.audio_sampling_rate) - begin, 1))
+                audio_valid[i] = len(chunk) > 0 and len(chunk) >= expected / 2
+        return DecodedSegments(frames, waveform, video_valid, audio_valid)
 
 
 def _resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -376,11 +567,14 @@ def open_media(source: VideoSource) -> MediaClip | ArrayClip:
 def _open_container(file: str | BinaryIO, name: str) -> MediaClip:
     try:
         container = av.open(file, mode="r")
-    except (av.error.FFmpegError, OSError) as err:
+    except _DECODER_ERRORS as err:
         reason = getattr(err, "strerror", None) or str(err)
-        raise MediaDecodeError(f"{name}: not a readable media file, or truncated ({reason}).") from err
+        raise MediaDecodeError(f"{name}: not a readable media file, or truncated ({type(err).__name__}: {reason}).") from err
     try:
         return MediaClip(container, name)
+    except _DECODER_ERRORS as err:
+        container.close()
+        raise MediaDecodeError(f"{name}: cannot be read ({type(err).__name__}: {err}).") from err
     except BaseException:
         container.close()
         raise

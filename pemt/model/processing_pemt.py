@@ -129,8 +129,9 @@ class PemtProcessor(ProcessorMixin):
         same times, instead of from `video`.
 
         Returns:
-            `(segments, real, name)`: segments `[k * T, ...]` view-major, a boolean `[k * T]` mask of real segments,
-            and the clip's name for messages.
+            `(segments, real, name)`: segments `[k * T, ...]` view-major, a boolean `[k * T]` mask of real segments
+            (the padding rule), and the clip's name for messages. `segments.video_valid` / `audio_valid` are the
+            masks to use: `real` and, in addition, decoded.
         """
         timing = self.timing
         with open_media(video) as clip:
@@ -150,13 +151,19 @@ class PemtProcessor(ProcessorMixin):
             index = [unique.index(s) for s in flat]
             if audio is not None:
                 with open_media(audio) as sound:
-                    separate = sound.read_segments(unique, timing, short_side).waveform
-                    if separate is None:
+                    separate = sound.read_segments(unique, timing, short_side)
+                    if separate.waveform is None:
                         raise MediaDecodeError(f"{sound.name}: given as audio, but it has no audio stream.")
-                decoded = DecodedSegments(decoded.frames, separate)
-            frames = decoded.frames[index] if decoded.frames is not None else None
-            waveform = decoded.waveform[index] if decoded.waveform is not None else None
-            return DecodedSegments(frames, waveform), real.reshape(-1), clip.name
+                decoded = DecodedSegments(decoded.frames, separate.waveform, decoded.video_valid, separate.audio_valid)
+            real = real.reshape(-1)
+            # Segments the decoder could not fill (past a truncated end, before a late start) are not real either.
+            segments = DecodedSegments(
+                decoded.frames[index] if decoded.frames is not None else None,
+                decoded.waveform[index] if decoded.waveform is not None else None,
+                decoded.video_valid[index] & real if decoded.frames is not None else None,
+                decoded.audio_valid[index] & real if decoded.waveform is not None else None,
+            )
+            return segments, real, clip.name
 
     def _clip_features(
         self,
@@ -171,7 +178,6 @@ class PemtProcessor(ProcessorMixin):
     ) -> dict[str, torch.Tensor]:
         segments, real, name = self.decode(video, training, num_temporal_views, generator, audio=audio)
         count = len(real)
-        mask = torch.as_tensor(real, dtype=torch.long)
         if segments.frames is None:
             if require_video:
                 raise MediaDecodeError(f"{name}: no video stream, and require_video=True.")
@@ -184,10 +190,10 @@ class PemtProcessor(ProcessorMixin):
             pixels = torch.cat(
                 [self.video_processor(view, training=True, generator=generator, return_tensors="pt")["pixel_values"] for view in views]
             )
-            visual_segment_mask = mask
+            visual_segment_mask = torch.as_tensor(segments.video_valid, dtype=torch.long)
         else:
             pixels = self.video_processor(torch.from_numpy(segments.frames), return_tensors="pt")["pixel_values"]
-            visual_segment_mask = mask
+            visual_segment_mask = torch.as_tensor(segments.video_valid, dtype=torch.long)
         if num_spatial_crops > 1 and segments.frames is not None:
             # Spatial views: rows per temporal view, crop by crop ([view, crop, segment], flattened).
             frames = torch.from_numpy(segments.frames)
@@ -204,7 +210,7 @@ class PemtProcessor(ProcessorMixin):
             audio_segment_mask = torch.zeros(count, dtype=torch.long)
         else:
             audio = self.feature_extractor(segments.waveform, training=training, generator=generator, return_tensors="pt")["audio_values"]
-            audio_segment_mask = mask
+            audio_segment_mask = torch.as_tensor(segments.audio_valid, dtype=torch.long)
         if num_spatial_crops > 1:
             # Every spatial view hears the same audio; without video, the zeros are repeated like the audio.
             def per_crop(values: torch.Tensor) -> torch.Tensor:
@@ -217,9 +223,9 @@ class PemtProcessor(ProcessorMixin):
                 per_crop, (pixels, audio, visual_segment_mask, audio_segment_mask)
             )
             real = np.tile(real.reshape(num_temporal_views, 1, -1), (1, num_spatial_crops, 1)).reshape(-1)
-        # Padding segments are zeros whatever the decoder gave for them.
-        pixels[~real] = 0
-        audio[~real] = 0
+        # Padding and undecodable segments are zeros whatever the decoder gave for them.
+        pixels[visual_segment_mask == 0] = 0
+        audio[audio_segment_mask == 0] = 0
         return {"pixel_values": pixels, "audio_values": audio, "visual_segment_mask": visual_segment_mask, "audio_segment_mask": audio_segment_mask}
 
     def __call__(
