@@ -54,7 +54,19 @@ def push_to_hub(
     license: str = DEFAULT_LICENSE,
     base_model: str | None = None,
 ) -> str:
-    """Uploads a fine-tuned model directory to `repo_id` in one commit; returns the commit's URL."""
+    """Uploads a fine-tuned model directory to `repo_id` in one commit; returns the commit's URL.
+
+    Raises:
+        `ValueError`: `model_dir` is not a saved model folder (checked before the Hub is contacted).
+    """
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder; give the directory a fine-tuning run wrote.")
+    missing = [name for name in ("config.json", "processor_config.json") if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise ValueError(f"{folder}: not a saved PEMT model (missing {', '.join(missing)}).")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as staging:

@@ -76,6 +76,13 @@ def load_video_folder(root: str | os.PathLike) -> datasets.DatasetDict | dataset
                 if file.suffix.lower() in VIDEO_EXTENSIONS:
                     paths.append(str(file))
                     labels.append(class_dir.name)
+        if not paths:
+            loose = [p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS]
+            hint = f" ({len(loose)} video(s) lie directly in it: put them in one folder per class)" if loose else ""
+            raise ValueError(
+                f"{folder}: no video files in class folders{hint}; the layout is {folder}/<class>/*.mp4 "
+                f"(extensions: {', '.join(VIDEO_EXTENSIONS)})."
+            )
         return paths, labels
 
     subfolders = sorted(p for p in root.iterdir() if p.is_dir())
@@ -132,17 +139,56 @@ def load_prepared(root: str | os.PathLike) -> datasets.DatasetDict | datasets.Da
     )
 
 
+def _read_rows(file: Path) -> list[tuple[int, dict]]:
+    """`(line number, row)` pairs of a CSV or JSONL list; errors name the file and the line."""
+    if not file.is_file():
+        raise ValueError(f"{file}: no such file.")
+    if file.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{file}, line {number}: not valid JSON ({err.msg}).") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{file}, line {number}: expected an object with 'path' and 'label'.")
+            rows.append((number, row))
+        return rows
+    with file.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        if "path" not in header:
+            raise ValueError(f"{file}: the header must name the column 'path' (and 'label' for labelled clips); it is {header}.")
+        # Line 1 is the header.
+        return [(number, row) for number, row in enumerate(reader, start=2)]
+
+
 def load_video_list(file: str | os.PathLike) -> datasets.Dataset:
     """A CSV (`path[,label]` header) or JSONL (`{"path": ...[, "label": ...]}` per line) file; relative paths are
-    read relative to the file's folder. Without labels the data set has only `video` (pretraining data)."""
+    read relative to the file's folder. Without labels the data set has only `video` (pretraining data).
+
+    Raises:
+        `ValueError`: no `path` column, a row without a path, a row without a label where others have one, a line
+            that is not JSON, or no rows at all; the message names the file and the line.
+    """
     file = Path(file)
-    if file.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-    else:
-        with file.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    paths = [str((file.parent / row["path"]).resolve()) if not os.path.isabs(row["path"]) else row["path"] for row in rows]
-    return _labelled(paths, [str(row["label"]) if row.get("label") not in (None, "") else None for row in rows])
+    rows = _read_rows(file)
+    paths, labels = [], []
+    for number, row in rows:
+        path, label = row.get("path"), row.get("label")
+        if path is None or (isinstance(path, str) and not path.strip()):
+            raise ValueError(f"{file}, line {number}: the row has no path.")
+        paths.append(str((file.parent / path).resolve()) if not os.path.isabs(path) else path)
+        labels.append(None if label is None or (isinstance(label, str) and not label.strip()) else str(label))
+    if not paths:
+        raise ValueError(f"{file}: no clips listed (the file is empty or holds only a header).")
+    if any(label is not None for label in labels):
+        for (number, _), label in zip(rows, labels):
+            if label is None:
+                raise ValueError(f"{file}, line {number}: the row has no label while others have one.")
+    return _labelled(paths, labels)
 
 
 def from_hub_dataset(dataset: datasets.Dataset, video_column: str = "video", label_column: str = "label") -> datasets.Dataset:
@@ -300,6 +346,8 @@ def preprocess_dataset(
         `datasets.Dataset` in torch format with `frames`, `audio_values`, `visual_segment_mask`, `audio_segment_mask`, `label`
         (and `source`, the file each row came from). Unreadable files are left out, logged and reported.
     """
+    if len(dataset) == 0:
+        raise ValueError("The data set holds no clips.")
     fingerprint = Hasher.hash([dataset._fingerprint, processor.to_json_string(), training, "pemt-preprocess-v1"])
     cache_file = None
     if cache_dir is not None:
@@ -327,6 +375,11 @@ def preprocess_dataset(
     report_path = report_path or (os.path.join(cache_dir, "skipped.json") if cache_dir is not None else None)
     if report_path is not None:
         Path(report_path).write_text(json.dumps(skipped, indent=2) + "\n")
+    if len(processed) == 0:
+        raise ValueError(
+            f"None of the {len(skipped)} video(s) could be read, e.g. {skipped[0]['error']}"
+            + (f" (all reasons: {report_path})" if report_path is not None else "")
+        )
     processed = processed.remove_columns("error")
     processed.set_format("torch", columns=["frames", "audio_values", "visual_segment_mask", "audio_segment_mask", "label"], output_all_columns=True)
     return processed

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 from .objectives import NEGATIVE_SAMPLING_VARIANTS
 
@@ -258,8 +262,82 @@ class PemtConfig(PreTrainedConfig):
         super().validate_architecture()
         self.check_values()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        model_type = config_dict.get("model_type")
+        if model_type not in (None, cls.model_type) or (model_type is None and not set(config_dict) & _OWN_FIELDS):
+            # Building the paper's model from someone else's config would silently ignore every value in it.
+            raise ValueError(
+                f"This is not a PEMT config (model_type {model_type!r}, fields {sorted(config_dict)[:6]}...); give a "
+                "config.json written by PemtConfig.save_pretrained, a pemt model folder, or a preset name."
+            )
+        # Values given to `from_pretrained` are set after construction, past `__post_init__`'s check.
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config.check_values()
+        return loaded
+
+    @classmethod
+    def check_field_names(cls, names, source: str = "config overrides") -> None:
+        """Raises `ValueError` for names that are not fields of a PEMT config (a typo would otherwise be stored in
+        `config.json` and change nothing)."""
+        known = {f.name for f in dataclasses.fields(cls)} | {"num_labels"}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown PemtConfig field(s) {', '.join(map(repr, unknown))}; the fields are listed in "
+                "PemtConfig's documentation."
+            )
+
+    def _check_types(self) -> None:
+        """Each field holds the kind of value its default has (JSON and command lines give strings and numbers)."""
+        for field in dataclasses.fields(PemtConfig):
+            if field.default is dataclasses.MISSING or field.name not in _OWN_FIELDS:
+                continue
+            value, default = getattr(self, field.name), field.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+                kind = "true or false"
+            elif isinstance(default, int):
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                kind = "an integer"
+            elif isinstance(default, float):
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                kind = "a finite number"
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+                kind = "a string"
+            else:
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+                )
+                kind = "a list of integers"
+            if not ok:
+                raise ValueError(f"{field.name} must be {kind}; got {value!r}.")
+
+    def _check_ranges(self) -> None:
+        for name in _POSITIVE_FIELDS:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}.")
+        for name in _PROBABILITY_FIELDS:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1); got {getattr(self, name)!r}.")
+        for name in ("visual_cnn_depths", "audio_cnn_depths", "visual_cnn_temporal_kernels"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a non-empty list of positive integers; got {list(getattr(self, name))}.")
+        if len(self.train_short_side_range) != 2 or not 0 < self.train_short_side_range[0] <= self.train_short_side_range[1]:
+            raise ValueError(
+                f"train_short_side_range must be [low, high] with 0 < low <= high; got {list(self.train_short_side_range)}."
+            )
+        if self.initializer_range < 0:
+            raise ValueError(f"initializer_range must not be negative; got {self.initializer_range}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act is {self.hidden_act!r}; choose one of transformers' activations, e.g. 'gelu'.")
+
     def check_values(self) -> None:
-        """Raises `ValueError` naming the field to change when the numbers cannot build a model."""
+        """Raises `ValueError` naming the field to change when the values cannot build a model."""
+        self._check_types()
+        self._check_ranges()
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -337,6 +415,7 @@ class PemtConfig(PreTrainedConfig):
         the path of a preset file of the same form (copy one and edit its `"config"`), with any field overridden by
         keyword.
         """
+        cls.check_field_names(overrides, f"overrides of preset {str(name_or_path)!r}")
         return cls(**{**read_preset(name_or_path), **overrides})
 
 
@@ -389,6 +468,16 @@ class _Presets(Mapping):
 
 
 OBJECTIVE_WEIGHTS = ("visual_mep_weight", "audio_mep_weight", "multimodal_mep_weight", "cpp_weight")
+NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform")
+_OWN_FIELDS = set(PemtConfig.__annotations__)
+_POSITIVE_FIELDS = (
+    "num_segments", "frames_per_segment", "frame_stride", "video_fps", "train_crop_size", "eval_short_side",
+    "eval_crop_size", "image_std", "audio_sampling_rate", "num_mel_bins", "n_fft", "hop_length", "audio_frames",
+    "log_offset", "visual_cnn_width", "visual_stem_temporal_kernel", "audio_cnn_width", "hidden_size",
+    "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings", "layer_norm_eps",
+    "mep_num_negatives", "mep_temperature", "negative_sampling_temperature",
+)
+_PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "spec_augment_ratio")
 CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
 CLASSIFIER_HEADS = ("clip", "segment", "cnn")
 CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")

@@ -33,6 +33,7 @@ from .heads_pemt import (
 )
 from .objectives import cpp_loss, mask_segments, mep_loss, sample_negatives, segment_ids, swap_audio
 from .sharing import AUDIO, MODALITY_NAMES, MULTIMODAL, VISUAL, PemtEncoder, PemtOrthogonal, PemtSharedLinear, random_rotation_generator, sigma_cache
+from .weights_check_pemt import check_loaded_weights
 
 logger = logging.get_logger(__name__)
 
@@ -532,6 +533,16 @@ class PemtPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PemtLayer"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As [`PreTrainedModel.from_pretrained`], but backbone weights that do not fit the config are an error, not
+        a warning (see `weights_check_pemt`); head weights initialised afresh are listed in
+        `model.newly_initialized_heads`."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        check_loaded_weights(model, info, str(pretrained_model_name_or_path))
+        return (model, info) if wants_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -16,6 +16,14 @@ from .video_processing_pemt import PemtVideoProcessor
 
 __all__ = ["PemtProcessor", "segment_starts"]
 
+_REQUIRED_FIELDS = {
+    "feature_extractor": ("sampling_rate", "num_mel_bins", "n_fft", "hop_length", "audio_frames", "log_offset"),
+    "video_processor": (
+        "frames_per_segment", "frame_stride", "video_fps", "train_short_side_range", "train_crop_size",
+        "eval_short_side", "eval_crop_size", "image_mean", "image_std",
+    ),
+}
+
 
 def segment_starts(
     duration: float,
@@ -96,10 +104,24 @@ class PemtProcessor(ProcessorMixin):
         # The sub-processors are loaded by their own classes: `AutoVideoProcessor` needs torchvision, which PEMT
         # does not use.
         processor_dict = processor_dict or {}
-        return [
-            PemtFeatureExtractor(**processor_dict["feature_extractor"]),
-            PemtVideoProcessor(**processor_dict["video_processor"]),
-        ]
+        # Every input setting must come from the file: a missing one would silently take the paper's value and
+        # give inputs of a size the model was not trained on.
+        source = f"{pretrained_model_name_or_path}: processor_config.json"
+        missing = [f"'{part}'" for part in ("feature_extractor", "video_processor", "num_segments") if part not in processor_dict]
+        for part, fields in _REQUIRED_FIELDS.items():
+            missing += [f"{part}.{name}" for name in fields if part in processor_dict and name not in processor_dict[part]]
+        if missing:
+            raise ValueError(
+                f"{source} lacks {', '.join(missing)}; save the processor with PemtProcessor.save_pretrained, or build "
+                "one from the model's config with PemtProcessor.from_model_config."
+            )
+        try:
+            return [
+                PemtFeatureExtractor(**processor_dict["feature_extractor"]),
+                PemtVideoProcessor(**processor_dict["video_processor"]),
+            ]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from err
 
     def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
         # The generic check resolves video processors through a registry that exists only with torchvision.

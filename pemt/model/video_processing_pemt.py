@@ -87,6 +87,27 @@ class PemtVideoProcessor(VideoProcessorMixin):
         self.image_mean = image_mean
         self.image_std = image_std
         self.horizontal_flip = horizontal_flip
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Raises `ValueError` for sizes that cannot produce the square crops the model reads."""
+        for name in ("frames_per_segment", "frame_stride", "video_fps", "train_crop_size", "eval_short_side", "eval_crop_size", "image_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number; got {value!r}.")
+        low_high = self.train_short_side_range
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ValueError(f"train_short_side_range must be [low, high] with 0 < low <= high; got {low_high}.")
+        if self.train_crop_size > low_high[0]:
+            raise ValueError(
+                f"train_crop_size ({self.train_crop_size}) is larger than the shortest training short side "
+                f"({low_high[0]}); a crop cannot exceed the frame it is cut from."
+            )
+        if self.eval_crop_size > self.eval_short_side:
+            raise ValueError(
+                f"eval_crop_size ({self.eval_crop_size}) is larger than eval_short_side ({self.eval_short_side}); a crop "
+                "cannot exceed the frame it is cut from."
+            )
 
     @classmethod
     def from_model_config(cls, config: PemtConfig) -> PemtVideoProcessor:

@@ -20,6 +20,7 @@ from ..model.processing_pemt import PemtProcessor
 from ..errors import PemtUsageError
 from .arguments import EvaluationArguments, parse_arguments
 from .data_setup import DataArguments
+from ..model.weights_check_pemt import require_trained_heads
 from .metrics import confusion_matrix, mean_average_precision, plot_confusion_matrix, top_k_accuracy
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise PemtUsageError(f"--model {args.model}: no config.json there; give a fine-tuned model folder or a Hub id.")
     dataset = load_evaluation_set(data_args)
     model = PemtForAudioVisualClassification.from_pretrained(args.model)
+    require_trained_heads(model)
     processor = PemtProcessor.from_pretrained(args.model)
     results = evaluate_model(
         model, processor, dataset, args.output_dir or args.model, args.num_temporal_views, args.batch_size,
