@@ -60,10 +60,10 @@ def _worker() -> None:
         path = line.strip()
         try:
             inputs = processor(videos=path)
-            pixel_mask, audio_mask = inputs["pixel_mask"][0], inputs["audio_mask"][0]
+            pixel_mask, audio_mask = inputs["visual_segment_mask"][0], inputs["audio_segment_mask"][0]
             answer = {
-                "pixel_mask": pixel_mask.tolist(),
-                "audio_mask": audio_mask.tolist(),
+                "visual_segment_mask": pixel_mask.tolist(),
+                "audio_segment_mask": audio_mask.tolist(),
                 "finite": bool(torch.isfinite(inputs["pixel_values"]).all() and torch.isfinite(inputs["audio_values"]).all()),
                 "masked_are_zero": bool(
                     (inputs["pixel_values"][0][pixel_mask == 0] == 0).all()

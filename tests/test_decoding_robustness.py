@@ -53,7 +53,7 @@ def test_a_bad_first_audio_packet_costs_only_that_packet(tmp_path, suffix):
     for waveform in segments.waveform[1:]:
         assert tone_hz(waveform) == pytest.approx(440, abs=5) and np.abs(waveform).max() > 0.2
     inputs = PROCESSOR(videos=str(broken))
-    assert inputs["audio_mask"].tolist() == [[1, 1, 1]] and inputs["pixel_mask"].tolist() == [[1, 1, 1]]
+    assert inputs["audio_segment_mask"].tolist() == [[1, 1, 1]] and inputs["visual_segment_mask"].tolist() == [[1, 1, 1]]
 
 
 def test_a_broken_stream_costs_only_that_stream(tmp_path, caplog):
@@ -61,11 +61,11 @@ def test_a_broken_stream_costs_only_that_stream(tmp_path, caplog):
     broken = corrupt_packets(good, "audio", slice(None))
     with caplog.at_level(logging.WARNING):
         inputs = PROCESSOR(videos=str(broken))
-    assert inputs["pixel_mask"].tolist() == [[1, 1, 1]] and inputs["audio_mask"].tolist() == [[0, 0, 0]]
+    assert inputs["visual_segment_mask"].tolist() == [[1, 1, 1]] and inputs["audio_segment_mask"].tolist() == [[0, 0, 0]]
     assert float(inputs["audio_values"].abs().max()) == 0.0
     assert any(str(broken) in r.getMessage() and "audio" in r.getMessage() for r in caplog.records)
     # Negative control: the intact file keeps its audio.
-    assert PROCESSOR(videos=str(good))["audio_mask"].tolist() == [[1, 1, 1]]
+    assert PROCESSOR(videos=str(good))["audio_segment_mask"].tolist() == [[1, 1, 1]]
     # Both streams broken: nothing is left, which is an error naming the file.
     both = corrupt_packets(broken, "video", slice(None))
     with pytest.raises(MediaDecodeError, match="no segment could be decoded") as info:
@@ -78,9 +78,9 @@ def test_segments_past_a_truncated_end_are_masked_in_both_streams(tmp_path):
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(good.read_bytes()[: int(good.stat().st_size * 0.45)])
     inputs = PROCESSOR(videos=str(cut))  # segments start at 0, 2.6 and 5.2 s; the cut is near 2.7 s
-    assert inputs["pixel_mask"].tolist() == [[1, 0, 0]] and inputs["audio_mask"].tolist() == [[1, 0, 0]]
+    assert inputs["visual_segment_mask"].tolist() == [[1, 0, 0]] and inputs["audio_segment_mask"].tolist() == [[1, 0, 0]]
     assert float(inputs["pixel_values"][0, 1:].abs().max()) == 0.0
-    assert PROCESSOR(videos=str(good))["pixel_mask"].tolist() == [[1, 1, 1]]
+    assert PROCESSOR(videos=str(good))["visual_segment_mask"].tolist() == [[1, 1, 1]]
 
 
 def test_audio_starting_late_masks_the_silent_leading_segment(tmp_path):
@@ -104,7 +104,7 @@ def test_mpeg_ts_segments_near_the_end(tmp_path):
     for s, start in enumerate(starts):
         assert [source_index(f) for f in segments.frames[s]] == indices(TIMING.frame_times(start), 25)
         assert tone_hz(segments.waveform[s]) == pytest.approx(440, abs=5)
-    assert PROCESSOR(videos=str(path))["pixel_mask"].tolist() == [[1, 1, 1]]
+    assert PROCESSOR(videos=str(path))["visual_segment_mask"].tolist() == [[1, 1, 1]]
 
 
 def test_a_clip_can_be_read_twice(tmp_path):

@@ -82,15 +82,15 @@ def test_an_unknown_label_is_an_error_naming_it(always_dog, clip, tmp_path):
 
 
 def test_fine_tuning_numbers_a_separate_evaluation_folder_by_the_training_classes(clip, tmp_path):
-    import argparse
+    import dataclasses
 
-    from pemt.training.data_setup import load_raw_splits
+    from pemt.training.data_setup import DataArguments, load_raw_splits
 
     train = folder_of(tmp_path / "train", clip, {"cat": 1, "dog": 1, "owl": 1})
     held_out = folder_of(tmp_path / "held_out", clip, {"owl": 2})
-    args = argparse.Namespace(train_dir=str(train), train_file=None, eval_dir=str(held_out), eval_file=None)
+    args = DataArguments(train_dir=str(train), eval_dir=str(held_out))
     _, evaluation = load_raw_splits(args)
     assert evaluation.features["label"].names == ["cat", "dog", "owl"] and evaluation["label"] == [2, 2]
     unknown = folder_of(tmp_path / "unknown", clip, {"emu": 1})
     with pytest.raises(ValueError, match="'emu'"):
-        load_raw_splits(argparse.Namespace(**{**vars(args), "eval_dir": str(unknown)}))
+        load_raw_splits(dataclasses.replace(args, eval_dir=str(unknown)))

@@ -81,7 +81,7 @@ def judge(path: Path, result: dict) -> str:
         return "non-finite values"
     if not result["masked_are_zero"]:
         return "masked segments hold values"
-    if not any(result["pixel_mask"]) and not any(result["audio_mask"]):
+    if not any(result["visual_segment_mask"]) and not any(result["audio_segment_mask"]):
         return "no real segment but no error"
     return "decoded"
 
@@ -136,7 +136,7 @@ def test_the_judge_rejects_what_it_must(tmp_path):
     assert judge(path, {"outcome": "hang"}).startswith("hang")
     assert judge(path, {"error": "ValueError", "message": f"{path}: bad"}).startswith("unclear")
     assert judge(path, {"error": "MediaDecodeError", "message": "somewhere: bad"}).startswith("unclear")
-    good = {"pixel_mask": [1, 0, 0], "audio_mask": [1, 1, 1], "finite": True, "masked_are_zero": True}
+    good = {"visual_segment_mask": [1, 0, 0], "audio_segment_mask": [1, 1, 1], "finite": True, "masked_are_zero": True}
     assert judge(path, good) == "decoded"
     assert judge(path, {**good, "finite": False}) == "non-finite values"
-    assert judge(path, {**good, "pixel_mask": [0, 0, 0], "audio_mask": [0, 0, 0]}).startswith("no real")
+    assert judge(path, {**good, "visual_segment_mask": [0, 0, 0], "audio_segment_mask": [0, 0, 0]}).startswith("no real")

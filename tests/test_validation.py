@@ -14,7 +14,8 @@ from transformers import pipeline
 from pemt import PemtConfig, PemtForAudioVisualClassification, PemtForPreTraining, PemtProcessor, PemtVideoProcessor
 from pemt.data.loading import load_video_folder, load_video_list, preprocess_dataset
 from pemt.training import evaluate
-from pemt.training.loop import load_model_config, parse_overrides
+from pemt.errors import PemtUsageError
+from pemt.training.arguments import ModelArguments, load_model_config
 
 TINY = PemtConfig.from_preset("tiny")
 
@@ -40,13 +41,13 @@ def test_bad_config_values_are_rejected(overrides, message):
 
 def test_config_overrides_on_the_command_line_are_checked(tmp_path):
     TINY.save_pretrained(tmp_path)
-    for text, message in (("share_layers=maybe", "share_layers"), ("hiden_size=64", "'hiden_size'")):
+    for text, message in (("share_layers=maybe", "share_layers"), ("hiden_size=64", "hiden_size")):
         for name in ("tiny", str(tmp_path)):
             with pytest.raises(ValueError, match=message):
-                load_model_config(name, **parse_overrides(text))
-    # Negative control: valid overrides pass, typed as JSON reads them.
-    assert load_model_config("tiny", **parse_overrides("share_layers=false,low_rank_dim=0")).share_layers is False
-    assert load_model_config(str(tmp_path), **parse_overrides("num_segments=4")).num_segments == 4
+                load_model_config(ModelArguments(model_config=name, config_overrides=text))
+    # Negative control: valid overrides pass, typed as the fields are.
+    config = load_model_config(ModelArguments(model_config="tiny", config_overrides="share_layers=false,low_rank_dim=0"))
+    assert config.share_layers is False and config.low_rank_dim == 0
 
 
 def test_a_json_that_is_not_a_pemt_config_is_rejected(tmp_path):
@@ -55,9 +56,12 @@ def test_a_json_that_is_not_a_pemt_config_is_rejected(tmp_path):
     unrelated = tmp_path / "settings.json"
     unrelated.write_text(json.dumps({"learning_rate": 0.1, "epochs": 3}))
     for path in (other, unrelated):
-        with pytest.raises(ValueError, match="not a PEMT config") as info:
-            load_model_config(str(path))
+        with pytest.raises(PemtUsageError) as info:
+            load_model_config(ModelArguments(model_config=str(path)))
         assert str(path) in str(info.value)
+        # The config class itself refuses them too (for callers outside the command line).
+        with pytest.raises(ValueError, match="not a PEMT config"):
+            PemtConfig.from_pretrained(path)
 
 
 @pytest.fixture(scope="module")
