@@ -263,21 +263,6 @@ class PemtConfig(PreTrainedConfig):
         self.check_values()
 
     @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs):
-        model_type = config_dict.get("model_type")
-        if model_type not in (None, cls.model_type) or (model_type is None and not set(config_dict) & _OWN_FIELDS):
-            # Building the paper's model from someone else's config would silently ignore every value in it.
-            raise ValueError(
-                f"This is not a PEMT config (model_type {model_type!r}, fields {sorted(config_dict)[:6]}...); give a "
-                "config.json written by PemtConfig.save_pretrained, a pemt model folder, or a preset name."
-            )
-        # Values given to `from_pretrained` are set after construction, past `__post_init__`'s check.
-        loaded = super().from_dict(config_dict, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        config.check_values()
-        return loaded
-
-    @classmethod
     def check_field_names(cls, names, source: str = "config overrides") -> None:
         """Raises `ValueError` for names that are not fields of a PEMT config (a typo would otherwise be stored in
         `config.json` and change nothing)."""
@@ -295,6 +280,12 @@ class PemtConfig(PreTrainedConfig):
             if field.default is dataclasses.MISSING or field.name not in _OWN_FIELDS:
                 continue
             value, default = getattr(self, field.name), field.default
+            annotation = str(PemtConfig.__annotations__[field.name])
+            if value is None and "None" in annotation:
+                continue
+            if default is None:
+                # An optional field: its type is the annotation's other member.
+                default = 0.0 if "float" in annotation else 0 if "int" in annotation else "" if "str" in annotation else ()
             if isinstance(default, bool):
                 ok = isinstance(value, bool)
                 kind = "true or false"
@@ -403,10 +394,20 @@ class PemtConfig(PreTrainedConfig):
         # A config saved before `share_layer_norms` existed (a full dump, so it has `share_modalities`, but none of
         # the fields added with it) describes a model with private LayerNorms: load it as one, or its saved
         # per-modality LayerNorms would be dropped as unexpected keys.
+        model_type = config_dict.get("model_type")
+        if model_type not in (None, cls.model_type) or (model_type is None and not set(config_dict) & _OWN_FIELDS):
+            # Building the paper's model from someone else's config would silently ignore every value in it.
+            raise ValueError(
+                f"This is not a PEMT config (model_type {model_type!r}, fields {sorted(config_dict)[:6]}...); give a "
+                "config.json written by PemtConfig.save_pretrained, a pemt model folder, or a preset name."
+            )
         legacy = "share_modalities" in config_dict and not {"share_layer_norms", "classifier_head"} & config_dict.keys()
         if legacy and "share_layer_norms" not in kwargs:
             config_dict = {**config_dict, "share_layer_norms": False}
-        return super().from_dict(config_dict, **kwargs)
+        loaded = super().from_dict(config_dict, **kwargs)
+        # Values given to `from_pretrained` are set after construction, past `__post_init__`'s check.
+        (loaded[0] if isinstance(loaded, tuple) else loaded).check_values()
+        return loaded
 
     @classmethod
     def from_preset(cls, name_or_path: str | os.PathLike, **overrides) -> "PemtConfig":
