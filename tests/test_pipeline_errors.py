@@ -76,7 +76,7 @@ def test_a_generator_loses_nothing_after_a_bad_file(classifier, files):
 
 
 def test_call_arguments_are_checked(classifier, files):
-    for bad in (0, -1, 1.5):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="top_k"):
             classifier(files["a"], top_k=bad)
     with pytest.raises(ValueError, match="errors"):
