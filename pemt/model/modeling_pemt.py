@@ -538,10 +538,11 @@ class PemtPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """As [`PreTrainedModel.from_pretrained`], but backbone weights that do not fit the config are an error, not
         a warning (see `weights_check_pemt`); head weights initialised afresh are listed in
-        `model.newly_initialized_heads`."""
+        `model.newly_initialized_heads`. A caller asking for `output_loading_info=True` gets the report instead of
+        the error, and judges it itself (as `transformers`' own loading tests do)."""
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
-        check_loaded_weights(model, info, str(pretrained_model_name_or_path))
+        check_loaded_weights(model, info, str(pretrained_model_name_or_path), strict=not wants_info)
         return (model, info) if wants_info else model
 
     @torch.no_grad()

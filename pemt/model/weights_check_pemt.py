@@ -27,15 +27,15 @@ def _examples(keys: list[str], count: int = 3) -> str:
     return ", ".join(keys[:count]) + (f" and {len(keys) - count} more" if len(keys) > count else "")
 
 
-def check_loaded_weights(model: nn.Module, info: dict[str, Any], source: str) -> None:
-    """Raises `ValueError` when backbone weights are missing from, or left over in, the checkpoint at `source`;
-    records head weights that were initialised afresh as `model.newly_initialized_heads`."""
+def check_loaded_weights(model: nn.Module, info: dict[str, Any], source: str, strict: bool = True) -> None:
+    """Raises `ValueError` (with `strict`) when backbone weights are missing from, or left over in, the checkpoint
+    at `source`; records head weights that were initialised afresh as `model.newly_initialized_heads`."""
     missing = list(info.get("missing_keys", []))
     unexpected = list(info.get("unexpected_keys", []))
     mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", [])]
     missing_backbone = sorted(k for k in missing if _is_backbone_key(model, k))
     unexpected_backbone = sorted(k for k in unexpected if _is_backbone_key(model, k))
-    if missing_backbone or unexpected_backbone:
+    if strict and (missing_backbone or unexpected_backbone):
         config = model.config
         problems = []
         if missing_backbone:
