@@ -469,7 +469,6 @@ class _Presets(Mapping):
 
 
 OBJECTIVE_WEIGHTS = ("visual_mep_weight", "audio_mep_weight", "multimodal_mep_weight", "cpp_weight")
-NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform")
 _OWN_FIELDS = set(PemtConfig.__annotations__)
 _POSITIVE_FIELDS = (
     "num_segments", "frames_per_segment", "frame_stride", "video_fps", "train_crop_size", "eval_short_side",
