@@ -14,7 +14,6 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .objectives import NEGATIVE_SAMPLING_VARIANTS
 
 
 @strict
@@ -112,10 +111,12 @@ class PemtConfig(PreTrainedConfig):
         cnn_checkpointing (`bool`, *optional*, defaults to `False`):
             Recompute CNN activations in the backward pass instead of storing them (saves most of the memory
             of a training step).
-        cnn_memory_format (`str`, *optional*, defaults to `"channels_last"`):
+        cnn_memory_format (`str`, *optional*, defaults to `"contiguous"`):
             Layout the CNNs run in: `"channels_last"` (channels-last 3D / 2D, the layout oneDNN's and cuDNN's fast
             bf16 kernels are written for) or `"contiguous"` (PyTorch's default NCDHW / NCHW). Same weights and
-            state-dict keys either way; outputs agree to float rounding.
+            state-dict keys either way; outputs agree to float rounding. Contiguous by default: on CPU (torch 2.13,
+            two threads) oneDNN's fp32 channels-last Conv3d backward corrupted the heap at the tiny preset's sizes;
+            channels-last is the faster choice for bf16 and inference at real sizes (see the README).
         mask_probability (`float`, *optional*, defaults to 0.15):
             Pretraining: fraction of segments of each modality that masked embedding prediction hides.
         mep_num_negatives (`int`, *optional*, defaults to 16):
@@ -210,7 +211,7 @@ class PemtConfig(PreTrainedConfig):
 
     cnn_chunk_size: int = 0
     cnn_checkpointing: bool = False
-    cnn_memory_format: str = "channels_last"
+    cnn_memory_format: str = "contiguous"
 
     mask_probability: float = 0.15
     mep_num_negatives: int = 16
@@ -481,6 +482,8 @@ _PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "s
 CLASSIFIER_MODALITIES = ("audio-visual", "visual", "audio")
 CLASSIFIER_HEADS = ("clip", "segment", "cnn")
 CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
+# The negative samplers of `objectives.sample_negatives`: listed here so that the configuration needs no model code.
+NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform", "sequence")
 CNN_MEMORY_FORMATS = ("channels_last", "contiguous")
 
 # Presets are data files a user can copy: each holds overrides of the paper's defaults, with the reasons in "notes".

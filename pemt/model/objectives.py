@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-NEGATIVE_SAMPLING_VARIANTS = ("similar", "dissimilar", "uniform", "sequence")
+from .configuration_pemt import NEGATIVE_SAMPLING_VARIANTS
+
 
 
 def swap_audio(
