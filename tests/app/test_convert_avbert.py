@@ -26,7 +26,7 @@ from pemt.conversion import AvbertConversionError, convert_avbert_checkpoint
 from pemt.conversion.avbert import TRANSFORMER_ALIASES
 from pemt.conversion.avbert_check import compare_with_reference
 
-REFERENCE_FILE = Path(__file__).parent / "fixtures" / "avbert_reference.pt"
+REFERENCE_FILE = Path(__file__).parents[1] / "fixtures" / "avbert_reference.pt"
 TOLERANCE = 1e-4  # relative to the reference tensor's largest magnitude; float32 rounding gives ~1e-6
 LAYER = "encoder.albert_layer_groups.0.albert_layers.0"
 # Keys a pretraining checkpoint might hold beside the backbone; their real names are not published.

@@ -90,7 +90,7 @@ def saved_classifier(tmp_path):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from media_fixtures import write_media
 
     from pemt import PemtProcessor

@@ -21,7 +21,7 @@ import pytest
 from tests.fuzz_media import MUTATIONS, mutate
 from tests.media_fixtures import write_media
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIME_LIMIT_SECONDS = 20.0
 
 

@@ -13,7 +13,7 @@ import pytest
 from pemt import PemtConfig, PemtProcessor
 from pemt.model.media_pemt import MediaDecodeError, SegmentTiming, _rotate, open_media
 from tests.media_fixtures import write_media
-from tests.test_decoding import indices, source_index
+from test_decoding import indices, source_index
 
 CONFIG = PemtConfig.from_preset("tiny")
 TIMING = SegmentTiming(CONFIG.frames_per_segment, CONFIG.frame_stride, CONFIG.video_fps, CONFIG.audio_sampling_rate)

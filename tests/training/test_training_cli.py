@@ -178,7 +178,7 @@ def test_config_overrides_go_through_update_from_string(tmp_path):
     config = load_model_config(ModelArguments(model_config="tiny", config_overrides="num_segments=4,cnn_checkpointing=true"))
     assert config.num_segments == 4 and config.cnn_checkpointing is True
     preset_copy = tmp_path / "mine.json"
-    content = json.loads((Path(__file__).parents[1] / "pemt/model/presets/tiny.json").read_text())
+    content = json.loads((Path(__file__).parents[2] / "pemt/model/presets/tiny.json").read_text())
     content["config"]["hidden_size"] = 48
     preset_copy.write_text(json.dumps(content))
     assert load_model_config(ModelArguments(model_config=str(preset_copy))).hidden_size == 48
@@ -205,7 +205,7 @@ def test_accelerate_launch_on_cpu_that_starts_one_process_is_explained(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("processes 1") == 1, done.stdout
