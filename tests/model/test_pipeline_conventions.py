@@ -14,18 +14,14 @@ from media_fixtures import write_media
 from transformers import pipeline
 
 from pemt import AudioVisualClassificationPipeline, PemtConfig, PemtForAudioVisualClassification, PemtProcessor
+from saved_models import save_tiny
 
 LABELS = {0: "speech", 1: "music", 2: "animal", 3: "vehicle"}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    directory = tmp_path_factory.mktemp("classifier")
-    torch.manual_seed(0)
-    config = PemtConfig.from_preset("tiny", num_labels=4, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    PemtForAudioVisualClassification(config).save_pretrained(directory)
-    PemtProcessor.from_model_config(config).save_pretrained(directory)
-    return str(directory)
+    return save_tiny(tmp_path_factory.mktemp("classifier"), labels=LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pemt import PemtConfig, PemtForAudioVisualClassification, PemtForPreTrainin
 from pemt.model.video_processing_pemt import PemtVideoProcessor
 from pemt.training import finetune
 from pemt.training.authors_protocols import AUTHORS_PROTOCOLS, authors_parameter_groups
+from saved_models import save_tiny_pretrained
 
 CONFIG = PemtConfig.from_preset("tiny")
 
@@ -129,12 +130,7 @@ def test_authors_parameter_groups_exclude_batch_norm_from_weight_decay():
 
 @pytest.fixture(scope="module")
 def pretrained_tiny(tmp_path_factory) -> str:
-    directory = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)
-    config = PemtConfig.from_preset("tiny")
-    PemtForPreTraining(config).save_pretrained(directory)
-    PemtProcessor.from_model_config(config).save_pretrained(directory)
-    return str(directory)
+    return save_tiny_pretrained(tmp_path_factory.mktemp("pretrained"))
 
 
 @pytest.mark.parametrize("protocol", sorted(AUTHORS_PROTOCOLS))

@@ -13,17 +13,13 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from pemt import PemtConfig, PemtForAudioVisualClassification, PemtForPreTraining, PemtProcessor
 from pemt.training import evaluate, finetune
 from pemt.training.metrics import confusion_matrix, mean_average_precision, top_k_accuracy
+from saved_models import save_tiny_pretrained
 
 
 @pytest.fixture(scope="module")
 def pretrained_tiny(tmp_path_factory) -> str:
     """A tiny model saved by the pretraining class, with its processor, as `pemt pretrain` leaves it."""
-    directory = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)
-    config = PemtConfig.from_preset("tiny")
-    PemtForPreTraining(config).save_pretrained(directory)
-    PemtProcessor.from_model_config(config).save_pretrained(directory)
-    return str(directory)
+    return save_tiny_pretrained(tmp_path_factory.mktemp("pretrained"))
 
 
 def run_finetune(output_dir, demo_data, cache, pretrained, *extra) -> dict:
