@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import print_table, write_results  # noqa: E402
+from common import floor_decode, print_table, write_results  # noqa: E402
 from media_fixtures import write_media  # noqa: E402
 
 from pemt.data.clips import ClipDataset, sample_generator, stack_clips  # noqa: E402
@@ -34,21 +33,6 @@ from pemt.data.prepare import PrepareSettings, prepare  # noqa: E402
 from pemt.model.configuration_pemt import PemtConfig  # noqa: E402
 from pemt.model.processing_pemt import PemtProcessor, segment_starts  # noqa: E402
 
-
-def floor_decode(path: Path, starts: list[float], span: float) -> int:
-    """PyAV alone: seek to each span and decode its video and audio frames, touching nothing else."""
-    decoded = 0
-    with av.open(str(path)) as container:
-        video, audio = container.streams.video[0], container.streams.audio[0]
-        video.thread_type = "AUTO"
-        for stream in (video, audio):
-            for start in starts:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
-                    decoded += 1
-                    if frame.time > start + span:
-                        break
-    return decoded
 
 
 def cpu_seconds_per_sample(fn, samples: int) -> float:

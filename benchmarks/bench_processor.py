@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import torch
 
-from common import median_seconds  # noqa: E402
+from common import floor_decode, median_seconds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_fixtures import write_media  # noqa: E402
@@ -27,21 +27,6 @@ from media_fixtures import write_media  # noqa: E402
 from pemt.model.configuration_pemt import PemtConfig  # noqa: E402
 from pemt.model.processing_pemt import PemtProcessor, segment_starts  # noqa: E402
 
-
-def floor_decode(path: Path, starts: list[float], span: float) -> int:
-    """Seek + decode the video and audio of each span, touching nothing else; returns frames decoded."""
-    decoded = 0
-    with av.open(str(path)) as container:
-        video, audio = container.streams.video[0], container.streams.audio[0]
-        video.thread_type = "AUTO"
-        for stream in (video, audio):
-            for start in starts:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
-                    decoded += 1
-                    if frame.time > start + span:
-                        break
-    return decoded
 
 
 def main() -> None:

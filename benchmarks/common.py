@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -102,3 +103,20 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
         fn()
         times.append(time.perf_counter() - begin)
     return statistics.median(times)
+
+
+def floor_decode(path: Path, starts: list[float], span: float) -> int:
+    """PyAV alone, the floor a data path is measured against: seek to each span and decode its video and audio
+    frames, touching nothing else; returns the number of frames decoded."""
+    decoded = 0
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        video.thread_type = "AUTO"
+        for stream in (video, audio):
+            for start in starts:
+                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    decoded += 1
+                    if frame.time > start + span:
+                        break
+    return decoded

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -331,6 +332,16 @@ def _make_clip(job: _ClipJob) -> dict:
     }
 
 
+def _run_jobs(make: Callable[[Any], dict], jobs: list, workers: int) -> list[dict]:
+    """`make(job)` for every job, in order: in this process, or in `workers` forked processes."""
+    if workers == 1 or len(jobs) < 2:
+        return [make(job) for job in jobs]
+    # Fork rather than spawn: a spawned worker would re-import the whole pemt package
+    # (transformers, torch), which costs more than the clips themselves.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(make, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
 def make_demo_data(
     out_dir: str | Path,
     num_classes: int = 4,
@@ -377,13 +388,7 @@ def make_demo_data(
                 _ClipJob(out, split, split_id, label, spec, k, seed, seconds, size, fps, sampling_rate)
                 for k in range(per_class)
             ]
-    if workers == 1 or len(jobs) < 2:
-        clips = [_make_clip(job) for job in jobs]
-    else:
-        # Fork rather than spawn: a spawned worker would re-import the whole pemt package
-        # (transformers, torch), which costs more than the clips themselves.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            clips = list(pool.map(_make_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    clips = _run_jobs(_make_clip, jobs, workers)
     info = {
         "classes": [asdict(c) for c in classes],
         "rule": _RULE,
@@ -488,11 +493,7 @@ def make_relation_data(
         (out / folder).mkdir(parents=True)
         for relation, count in groups:
             jobs += [_RelationJob(out, folder, split_id, relation, k, *common) for k in range(count)]
-    if workers == 1:
-        clips = [_make_relation_clip(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            clips = list(pool.map(_make_relation_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    clips = _run_jobs(_make_relation_clip, jobs, workers)
     info = {
         "task": "relation",
         "classes": list(RELATIONS),

@@ -9,7 +9,7 @@ import torch
 from media_fixtures import bigbuckbunny_path, write_media
 from transformers import pipeline
 
-from pemt import PemtConfig, PemtForAudioVisualClassification, PemtProcessor
+from pemt import PemtForAudioVisualClassification, PemtProcessor
 from pemt.cli import main as pemt_main
 from saved_models import save_tiny
 

@@ -7,7 +7,7 @@ import torch
 from media_fixtures import write_media
 from transformers import pipeline
 
-from pemt import MediaDecodeError, PemtConfig, PemtForAudioVisualClassification, PemtProcessor
+from pemt import MediaDecodeError
 from pemt.cli import main as pemt_main
 from saved_models import save_tiny
 

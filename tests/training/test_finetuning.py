@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import average_precision_score, top_k_accuracy_score
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
-from pemt import PemtConfig, PemtForAudioVisualClassification, PemtForPreTraining, PemtProcessor
+from pemt import PemtForAudioVisualClassification, PemtForPreTraining
 from pemt.training import evaluate, finetune
 from pemt.training.metrics import confusion_matrix, mean_average_precision, top_k_accuracy
 from saved_models import save_tiny_pretrained
