@@ -21,12 +21,14 @@ project's small input sizes (about 8 frames at 32x32, 40-bin log-mels at 16 kHz)
 
 ``make_relation_data`` (``pemt make-demo-data DIR --task relation``) writes a harder task on which
 pretraining choices can matter: the class is the *relation* between sound and picture, not what
-either shows. ``labelled/{train,test}/matched`` clips are made as above (the picture follows the
-clip's own sound); ``labelled/{train,test}/unrelated`` clips show the picture another, independent
-clip's sound would give. Shape and timbre are drawn at random for every clip, so neither modality
-alone tells the classes apart. There are few labelled training clips per class and many test
-clips, and ``pretrain/{train,test}/unlabelled`` holds unlabelled matched clips for pretraining
-(correct pair prediction learns exactly this relation from them).
+either shows. ``labelled/{train,test}/matched`` clips are made as above: the shape is the one the
+demo pairs with the clip's timbre, and the picture follows the clip's own sound.
+``labelled/{train,test}/unrelated`` clips show another timbre's shape, moving and flashing as
+another, independent clip's sound would make it. Timbres are drawn uniformly, so each shape and
+each timbre is equally likely in both classes and neither modality alone tells them apart. With
+few labelled training clips per class (8 by default) a classifier cannot learn the 6 x 6 pairing
+from labels alone; ``pretrain/{train,test}/unlabelled`` holds unlabelled matched clips, from which
+correct pair prediction learns exactly that pairing.
 
 ``info.json`` is used instead of a ``metadata.jsonl`` because the ``datasets`` folder builders
 stop inferring labels from directory names as soon as a metadata file is present.
@@ -406,10 +408,11 @@ def make_demo_data(
 RELATIONS = ("matched", "unrelated")
 
 _RELATION_RULE = (
-    "class = relation of sound and picture. matched: the picture follows the clip's own sound as in the default "
-    "demo rule; unrelated: the picture is the one an independent clip's sound (another base pitch and rhythm) would "
-    "give. Shape and timbre are drawn uniformly from the demo's six shapes and six timbres for every clip, "
-    "independently of the class."
+    "class = relation of sound and picture. matched: the shape is the one the demo pairs with the clip's timbre, and "
+    "the picture follows the clip's own sound as in the default demo rule; unrelated: the shape belongs to another "
+    "of the six timbres, and the picture is the one an independent clip's sound (another base pitch and rhythm) "
+    "would give. Every clip draws its timbre uniformly, so each shape and each timbre is equally likely in both "
+    "classes: neither modality alone tells them apart, the pairing does."
 )
 
 
@@ -430,8 +433,15 @@ class _RelationJob:
 def _make_relation_clip(job: _RelationJob) -> dict:
     # Stream ids 10+ keep these clips apart from the default task's (which use split ids 0 and 1).
     rng = np.random.default_rng([job.seed, 10 + job.split_id, job.relation, job.index])
-    shape = CLASSES[int(rng.integers(len(CLASSES)))].shape
-    timbre = CLASSES[int(rng.integers(len(CLASSES)))].timbre
+    sound_class = int(rng.integers(len(CLASSES)))
+    timbre = CLASSES[sound_class].timbre
+    # A matched clip shows the shape that belongs to its timbre (the demo's class pairs); an unrelated one shows
+    # the shape of another class. Each shape and each timbre is equally likely in both relations, so only the
+    # pairing, which unlabelled matched clips teach, separates them.
+    picture_class = sound_class
+    if RELATIONS[job.relation] == "unrelated":
+        picture_class = (sound_class + 1 + int(rng.integers(len(CLASSES) - 1))) % len(CLASSES)
+    shape = CLASSES[picture_class].shape
     params = _draw_clip(rng, job.seconds, job.size)
     wave, env, log2_pitch = _synth_audio(params, timbre, job.seconds, job.sampling_rate, rng)
     shown = params

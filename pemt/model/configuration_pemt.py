@@ -490,7 +490,7 @@ CNN_MEMORY_FORMATS = ("channels_last", "contiguous")
 # "tiny" exists for unit tests (every forward well under a second on a CPU core); "small" is what the CPU demo
 # pretrains in minutes; "paper" adds only the memory settings for training at full size.
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-PRESET_NAMES = ("paper", "small", "tiny")
+PRESET_NAMES = ("paper", "small", "ablation", "tiny")
 PRESETS: Mapping[str, dict] = _Presets()
 
 

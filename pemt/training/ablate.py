@@ -41,13 +41,28 @@ PAPER = Variant("paper's choice (all shared, low-rank, similar negatives, MEP + 
 
 SUITES: dict[str, list[Variant]] = {
     # The paper's parameter table: what each way of sharing costs in parameters and in accuracy.
+    # Where modalities share a Transformer, each variant runs in both LayerNorm layouts: shared across modalities
+    # (the authors' code, the default) and private per modality (SPEC.md's first description).
     "sharing": [
         Variant("no sharing", "share_layers=false,share_modalities=false,low_rank_dim=0"),
         Variant("across layers", "share_layers=true,share_modalities=false,low_rank_dim=0"),
         Variant("across modalities", "share_layers=false,share_modalities=true,low_rank_dim=0"),
+        Variant(
+            "across modalities, private LayerNorms",
+            "share_layers=false,share_modalities=true,low_rank_dim=0,share_layer_norms=false",
+        ),
         Variant("across modalities, low-rank", "share_layers=false,share_modalities=true"),
+        Variant(
+            "across modalities, low-rank, private LayerNorms",
+            "share_layers=false,share_modalities=true,share_layer_norms=false",
+        ),
         Variant("across layers and modalities", "share_layers=true,share_modalities=true,low_rank_dim=0"),
+        Variant(
+            "across layers and modalities, private LayerNorms",
+            "share_layers=true,share_modalities=true,low_rank_dim=0,share_layer_norms=false",
+        ),
         PAPER,
+        Variant("paper's choice, private LayerNorms", "share_layer_norms=false"),
     ],
     "negatives": [
         Variant("uniform over the batch", "negative_sampling=uniform"),
@@ -62,21 +77,27 @@ SUITES: dict[str, list[Variant]] = {
         PAPER,
     ],
 }
-METRICS = ("transformer_parameters", "cpp_accuracy", "mep_accuracy", "linear_probe_top1", "finetuned_top1")
-HEADERS = ("Transformer params", "CPP acc.", "MEP acc.", "linear probe top-1", "fine-tuned top-1")
+METRICS = (
+    "transformer_parameters", "cpp_accuracy", "mep_accuracy", "pair_head_top1", "linear_probe_top1", "finetuned_top1"
+)
+HEADERS = (
+    "Transformer params", "CPP acc.", "MEP acc.", "CPP head on labelled test, top-1", "linear probe top-1",
+    "fine-tuned top-1",
+)
 
 
 @dataclass
 class Settings:
     """The budget every variant gets (the defaults are the demo scale: minutes per run on a CPU)."""
 
-    preset: str = "small"
-    pretraining_steps: int = 300
+    preset: str = "ablation"
+    pretraining_steps: int = 250
     pretraining_batch_size: int = 32
     finetuning_steps: int = 60
     finetuning_batch_size: int = 8
     extra_pretraining_args: list[str] = field(default_factory=list)
     extra_finetuning_args: list[str] = field(default_factory=list)
+    data_mode: str = "in_memory"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,11 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run only these variants of the suite: comma-separated folder names under OUTPUT_DIR/runs (e.g. "
         "'paper,scratch'); the others are left out of this invocation's table.",
     )
-    parser.add_argument("--preset", default="small", help="Model preset or config path every variant starts from.")
+    parser.add_argument(
+        "--preset", default=Settings.preset,
+        help="Model preset or config path every variant starts from (default: `ablation`, sized for a CPU).",
+    )
+    parser.add_argument(
+        "--data_mode", choices=("in_memory", "on_the_fly"), default=Settings.data_mode,
+        help="in_memory (default): decode the demo-size data once, shared by every run; on_the_fly: decode every "
+        "sample with fresh segment placement and crops (what data at paper scale needs).",
+    )
     parser.add_argument("--pretraining_steps", type=int, default=Settings.pretraining_steps)
     parser.add_argument("--pretraining_batch_size", type=int, default=Settings.pretraining_batch_size)
     parser.add_argument("--finetuning_steps", type=int, default=Settings.finetuning_steps)
     parser.add_argument("--finetuning_batch_size", type=int, default=Settings.finetuning_batch_size)
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="Independent runs (variant x seed) trained at once, each in its own process with an equal share of the "
+        "CPU cores as torch threads. On a CPU set it to the number of cores: runs at demo scale are too small to use "
+        "several threads well. Must be 1 under a multi-process `accelerate launch`, which parallelises each run.",
+    )
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument("--cache_dir", default=None, help="Preprocessing cache (default: OUTPUT_DIR/cache).")
     return parser
@@ -119,7 +154,10 @@ def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: P
     if done.exists():
         return json.loads(done.read_text())
     started = time.perf_counter()
-    common = ["--seed", str(seed), "--cache_dir", str(cache), "--no_progress_bar", "--checkpointing_steps", "100000"]
+    common = [
+        "--seed", str(seed), "--cache_dir", str(cache), "--no_progress_bar", "--checkpointing_steps", "100000",
+        "--data_mode", settings.data_mode,
+    ]
     config_args = ["--model_config", settings.preset, *(["--config_overrides", variant.overrides] if variant.overrides else [])]
     result = {
         "transformer_parameters": transformer_parameters(
@@ -137,9 +175,10 @@ def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: P
         ) or {}
         result["cpp_accuracy"] = metrics.get("cpp_accuracy", math.nan)
         result["mep_accuracy"] = metrics.get("mep_accuracy", math.nan)
+        result["pair_head_top1"] = pair_head_accuracy(run_dir / "pretrained", data / "labelled" / "test")
         start = ["--model_name_or_path", str(run_dir / "pretrained")]
     else:
-        result["cpp_accuracy"] = result["mep_accuracy"] = math.nan
+        result["cpp_accuracy"] = result["mep_accuracy"] = result["pair_head_top1"] = math.nan
         start = config_args
     for key, extra in (("linear_probe_top1", ["--linear_probe"]), ("finetuned_top1", [])):
         metrics = finetune.main(
@@ -159,6 +198,77 @@ def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: P
             for weights in (run_dir / sub).glob("*.safetensors"):
                 weights.unlink()
     return result
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """The arguments of one `run_variant` call, picklable so that a worker process can run it."""
+
+    variant: Variant
+    seed: int
+    data: Path
+    run_dir: Path
+    cache: Path
+    settings: Settings
+
+
+def _run_task_in_worker(task: RunTask, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_variant(task.variant, task.seed, task.data, task.run_dir, task.cache, task.settings)
+
+
+def run_tasks(tasks: list[RunTask], jobs: int) -> list[dict]:
+    """Runs every task and returns their rows in order: in this process when `jobs` is 1, else in `jobs` fresh worker
+    processes (one per run, so no state of a finished run leaks into the next)."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    rows: list[dict | None] = [None] * len(tasks)
+    if jobs == 1:
+        with keep_process_group():
+            for i, task in enumerate(tasks):
+                rows[i] = run_variant(task.variant, task.seed, task.data, task.run_dir, task.cache, task.settings)
+        return rows
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # The first run that pretrains fills the preprocessing caches of both data sets alone, so that parallel runs
+    # only ever read them.
+    first = next((i for i, t in enumerate(tasks) if t.variant.pretrained), 0)
+    order = [first] + [i for i in range(len(tasks)) if i != first]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        if tasks and not (tasks[first].run_dir / "result.json").exists():
+            rows[first] = pool.submit(_run_task_in_worker, tasks[first], threads).result()
+            order = order[1:]
+        futures = {pool.submit(_run_task_in_worker, tasks[i], threads): i for i in order}
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            rows[i] = future.result()
+            print(f"[ablate] {done}/{len(futures)} {tasks[i].run_dir}: {rows[i].get('seconds', 0.0):.0f} s", flush=True)
+    return rows
+
+
+def pair_head_accuracy(model_dir: Path, test_dir: Path) -> float:
+    """The pretrained correct-pair-prediction head used, without any label, as the relation task's classifier: the
+    fraction of held-out labelled clips it gets right when "matched" means a correspondence probability above 0.5.
+    It shows whether pretraining learned the relation the labels name, apart from whether a downstream head can use
+    it. NaN for a model without a CPP head (`cpp_weight=0`), and on all but the main process."""
+    from transformers import pipeline
+
+    from ..model.configuration_pemt import PemtConfig
+
+    if not PartialState().is_main_process or PemtConfig.from_pretrained(model_dir).cpp_weight == 0:
+        return math.nan
+    judge = pipeline("audio-visual-correspondence", model=str(model_dir))
+    hits = []
+    for relation, matched in (("matched", True), ("unrelated", False)):
+        for clip in sorted((test_dir / relation).glob("*.mp4")):
+            hits.append((judge(str(clip))["score"] > 0.5) == matched)
+    return sum(hits) / len(hits) if hits else math.nan
 
 
 @contextlib.contextmanager
@@ -246,25 +356,29 @@ def main(argv: list[str] | None = None) -> dict:
         pretraining_batch_size=args.pretraining_batch_size,
         finetuning_steps=args.finetuning_steps,
         finetuning_batch_size=args.finetuning_batch_size,
+        data_mode=args.data_mode,
         extra_pretraining_args=["--mixed_precision", args.mixed_precision],
         extra_finetuning_args=["--mixed_precision", args.mixed_precision],
     )
     suites = list(SUITES) if args.suite == "all" else [args.suite]
-    tables: dict[str, dict[str, dict]] = {}
-    rows: dict[str, list[dict]] = {}
-    with keep_process_group():
-        for suite in suites:
-            tables[suite] = {}
-            for variant in SUITES[suite]:
-                key = run_key(variant)
-                if args.variants and key not in args.variants.split(","):
-                    continue
-                if key not in rows:
-                    rows[key] = [
-                        run_variant(variant, seed, data, out / "runs" / key / f"seed_{seed}", cache, settings)
-                        for seed in range(args.first_seed, args.seeds)
-                    ]
-                tables[suite][variant.name] = summarise(rows[key])
+    chosen = {
+        suite: [v for v in SUITES[suite] if not args.variants or run_key(v) in args.variants.split(",")]
+        for suite in suites
+    }
+    # Every (variant, seed) once, even when several suites share the variant.
+    variants = {run_key(v): v for suite in suites for v in chosen[suite]}
+    tasks = [
+        RunTask(variant, seed, data, out / "runs" / key / f"seed_{seed}", cache, settings)
+        for key, variant in variants.items()
+        for seed in range(args.first_seed, args.seeds)
+    ]
+    if args.jobs > 1 and state.num_processes > 1:
+        raise ValueError(f"--jobs {args.jobs} needs a single process; this is a {state.num_processes}-process launch")
+    finished = run_tasks(tasks, args.jobs)
+    rows: dict[str, list[dict]] = {key: [] for key in variants}
+    for task, row in zip(tasks, finished):
+        rows[run_key(task.variant)].append(row)
+    tables = {suite: {v.name: summarise(rows[run_key(v)]) for v in chosen[suite]} for suite in suites}
     config = load_model_config(ModelArguments(model_config=args.preset))
     num_classes = sum(1 for p in (data / "labelled" / "train").iterdir() if p.is_dir())
     results = {
@@ -276,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
         "top1_chance": 1.0 / num_classes,
         "seconds": time.perf_counter() - started,
         "run_seconds": sum(row.get("seconds", 0.0) for runs in rows.values() for row in runs),
+        "jobs": args.jobs,
         "tables": tables,
         "runs": {key: value for key, value in rows.items()},
     }

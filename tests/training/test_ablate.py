@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from pemt import PemtConfig
-from pemt.data.demo import make_relation_data
+from pemt.data.demo import CLASSES, make_relation_data
 from pemt.model.modeling_pemt import PemtModel
 from pemt.training import ablate
 
@@ -39,11 +39,18 @@ def test_relation_data_layout(relation_data):
     # A matched clip's picture is drawn from its own sound; an unrelated clip's from another draw.
     assert matched["picture"] == matched["sound"]
     assert unrelated["picture"]["base_pitch_hz"] != unrelated["sound"]["base_pitch_hz"]
+    # Matched clips show the shape the demo pairs with their timbre; unrelated clips never do.
+    pair = {c.timbre: c.shape for c in CLASSES}
+    for clip in info["clips"]:
+        assert (pair[clip["timbre"]] == clip["shape"]) == (clip["relation"] == "matched"), clip["file_name"]
 
 
 def test_pretraining_suite_at_toy_size(tmp_path, relation_data):
     out = tmp_path / "ablation"
-    results = ablate.main(["--suite", "pretraining", "--output_dir", str(out), "--data_dir", str(relation_data), *TOY])
+    # Two worker processes (the pool path); the second invocation below runs in this process.
+    results = ablate.main(
+        ["--suite", "pretraining", "--output_dir", str(out), "--data_dir", str(relation_data), "--jobs", "2", *TOY]
+    )
     saved = json.loads((out / "results.json").read_text())
     table = saved["tables"]["pretraining"]
     assert list(table) == ["from scratch", ablate.PAPER.name]
@@ -51,7 +58,7 @@ def test_pretraining_suite_at_toy_size(tmp_path, relation_data):
     # Statistics recomputed independently from the per-seed rows.
     paper_rows = saved["runs"]["paper"]
     assert len(paper_rows) == 2
-    for metric in ("cpp_accuracy", "mep_accuracy", "linear_probe_top1", "finetuned_top1"):
+    for metric in ("cpp_accuracy", "mep_accuracy", "pair_head_top1", "linear_probe_top1", "finetuned_top1"):
         values = [row[metric] for row in paper_rows]
         assert all(0.0 <= v <= 1.0 for v in values), (metric, values)
         assert table[ablate.PAPER.name][metric]["mean"] == pytest.approx(statistics.mean(values))
@@ -59,6 +66,7 @@ def test_pretraining_suite_at_toy_size(tmp_path, relation_data):
     # From scratch has no pretraining metrics; its probes are measured.
     scratch = table["from scratch"]
     assert scratch["cpp_accuracy"]["n"] == 0 and math.isnan(scratch["cpp_accuracy"]["mean"])
+    assert scratch["pair_head_top1"]["n"] == 0
     assert scratch["finetuned_top1"]["n"] == 2
     expected_parameters = sum(p.numel() for p in PemtModel(PemtConfig.from_preset("tiny")).encoder.parameters())
     assert table[ablate.PAPER.name]["transformer_parameters"]["mean"] == expected_parameters
