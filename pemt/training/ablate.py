@@ -157,6 +157,9 @@ def run_variant(variant: Variant, seed: int, data: Path, run_dir: Path, cache: P
     common = [
         "--seed", str(seed), "--cache_dir", str(cache), "--no_progress_bar", "--checkpointing_steps", "100000",
         "--data_mode", settings.data_mode,
+        # A run without result.json was killed part-way: it starts again from the beginning (its folders hold no
+        # checkpoint worth resuming at demo scale, and a half-written run must not be mistaken for a finished one).
+        "--overwrite_output_dir",
     ]
     config_args = ["--model_config", settings.preset, *(["--config_overrides", variant.overrides] if variant.overrides else [])]
     result = {

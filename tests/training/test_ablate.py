@@ -79,6 +79,15 @@ def test_pretraining_suite_at_toy_size(tmp_path, relation_data):
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("result.json")} == stamps
     assert again["tables"] == results["tables"]
 
+    # A run killed part-way (its folders written, no result.json) is run again; the finished ones are not.
+    killed = out / "runs" / "paper" / "seed_1" / "result.json"
+    killed.unlink()
+    ablate.main(["--suite", "pretraining", "--output_dir", str(out), "--data_dir", str(relation_data), *TOY])
+    assert killed.exists()
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("result.json") if p != killed} == {
+        p: t for p, t in stamps.items() if p != killed
+    }
+
 
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--task relation"):
