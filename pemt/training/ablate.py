@@ -17,11 +17,13 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from ..model.configuration_pemt import PemtConfig
 from . import finetune, pretrain
@@ -342,7 +344,10 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data_dir) if args.data_dir else out / "data"
     cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
-    state = PartialState()
+    # The first PartialState fixes the process group for every run that follows. Accelerator() would read
+    # ACCELERATE_USE_CPU itself; a bare PartialState() does not, and would make each process of a multi-process CPU
+    # launch think it is alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if not (data / "pretrain").is_dir() or not (data / "labelled").is_dir():
         if args.data_dir:
             raise FileNotFoundError(
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_model_config(ModelArguments(model_config=args.preset))
     num_classes = sum(1 for p in (data / "labelled" / "train").iterdir() if p.is_dir())
     results = {
-        "command": "pemt ablate " + " ".join(argv if argv is not None else []),
+        "command": "pemt ablate " + " ".join(argv if argv is not None else sys.argv[1:]),
         "suites": suites,
         "seeds": args.seeds,
         "settings": settings.__dict__,
@@ -407,4 +412,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import module_main
+
+    module_main("ablate")

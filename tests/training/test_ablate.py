@@ -92,3 +92,32 @@ def test_pretraining_suite_at_toy_size(tmp_path, relation_data):
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--task relation"):
         ablate.main(["--suite", "pretraining", "--output_dir", str(tmp_path), "--data_dir", str(tmp_path / "none"), *TOY])
+
+
+def test_ablation_under_a_two_process_launch(tmp_path, relation_data):
+    """The command a cluster user runs (`accelerate launch -m pemt.training.ablate`), here as two CPU processes: every
+    run trains data-parallel in both, and the table is written once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "ablation"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "pemt.training.ablate", "--suite", "pretraining", "--variants", "paper", "--output_dir", str(out),
+        "--data_dir", str(relation_data), *TOY[:2], "--seeds", "1", *TOY[4:],
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for process in (0, 1):
+        summary = json.loads((out / "runs" / "paper" / "seed_0" / "pretrained" / f"run_summary_process{process}.json").read_text())
+        assert summary["num_processes"] == 2
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["command"].startswith("pemt ablate --suite pretraining")
+    assert saved["tables"]["pretraining"][ablate.PAPER.name]["finetuned_top1"]["n"] == 1
