@@ -20,7 +20,7 @@ def as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-@pytest.mark.parametrize("name", ["paper", "small", "tiny"])
+@pytest.mark.parametrize("name", ["paper", "small", "ablation", "tiny"])
 def test_each_preset_file_sets_exactly_its_fields(name):
     content = json.loads((PRESETS_DIR / f"{name}.json").read_text())
     assert set(content) == {"description", "notes", "config"}
@@ -39,6 +39,13 @@ def test_the_tiny_and_small_presets_keep_their_sizes():
     tiny, small = PemtConfig.from_preset("tiny"), PemtConfig.from_preset("small")
     assert (tiny.hidden_size, tiny.num_segments, tiny.intermediate_size, tiny.low_rank_dim) == (32, 3, 37, 8)
     assert (small.hidden_size, small.num_segments, small.train_crop_size, small.audio_sampling_rate) == (64, 4, 32, 16000)
+    # The ablation preset is the small one with a coarser log-mel that still spans the segment's 1.07 s of video.
+    ablation = PemtConfig.from_preset("ablation")
+    differs = {k for k, v in ablation.to_dict().items() if as_tuple(v) != as_tuple(small.to_dict()[k])}
+    assert differs == {"num_mel_bins", "n_fft", "hop_length", "audio_frames"}
+    video_span = ablation.frames_per_segment * ablation.frame_stride / ablation.video_fps
+    audio_span = ablation.audio_frames * ablation.hop_length / ablation.audio_sampling_rate
+    assert abs(audio_span - video_span) / video_span < 0.05
 
 
 def test_a_copied_preset_file_loads_and_bad_ones_are_named(tmp_path):
