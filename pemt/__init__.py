@@ -10,6 +10,7 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .model.compile_pemt import compile_pemt
 from .model.configuration_pemt import PRESETS, PemtConfig
 from .model.media_pemt import MediaDecodeError, open_media
 from .model.feature_extraction_pemt import PemtFeatureExtractor
@@ -69,6 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "compile_pemt",
     "AudioVisualClassificationPipeline",
     "AudioVisualCorrespondencePipeline",
     "AudioVisualFeatureExtractionPipeline",

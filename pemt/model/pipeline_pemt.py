@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
+from .compile_pemt import compile_pemt
 from .media_pemt import MediaDecodeError
 from .weights_check_pemt import require_trained_heads
 
@@ -28,6 +29,11 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     path, an http(s) URL, bytes, a binary file object, a `datasets` video value, a dict of decoded arrays (see
     [`PemtProcessor`]), or the frames themselves as a `[frames, height, width, 3]` array or tensor (uint8, or float
     in [0, 1]; `[frames, 3, height, width]` is accepted too) at `video_fps` frames per second, without audio.
+
+    Arguments of the constructor (`pipeline(...)`), besides the usual ones:
+        torch_compile (`bool` or `dict`, *optional*, defaults to `False`): compile the model's CNNs with
+            `torch.compile` (a dict is passed to it as keyword arguments); see [`compile_pemt`]. The first clip of
+            each new shape pays the compilation (tens of seconds).
 
     Arguments of a call:
         top_k (`int` or `None`, *optional*, defaults to 5): how many labels to return; `None` returns all of them.
@@ -59,10 +65,12 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, torch_compile: bool | dict = False, **kwargs):
         super().__init__(*args, **kwargs)
         # A pretraining checkpoint loads with random heads: its rankings would look plausible and mean nothing.
         require_trained_heads(self.model)
+        if torch_compile:
+            compile_pemt(self.model, **(torch_compile if isinstance(torch_compile, dict) else {}))
 
     def _sanitize_parameters(
         self,

@@ -77,6 +77,13 @@ class PemtTrainingArguments:
     warmup_steps: int | None = field(default=None, metadata={"help": "Default: 10%% of the training steps."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0: none)."})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no")
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the CNNs with torch.compile (not the whole model, whose segment masks make "
+                  "data-dependent shapes); see pemt.model.compile_pemt."},
+    )
+    torch_compile_backend: str | None = field(default=None, metadata={"help": "torch.compile backend (default inductor)."})
+    torch_compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode (default, reduce-overhead, max-autotune)."})
     seed: int = field(default=0)
     checkpointing_steps: int = field(default=50, metadata={"help": "Save a resumable checkpoint every N steps."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..errors import NonFiniteLossError
+from ..model.compile_pemt import compile_pemt
 from .arguments import PemtTrainingArguments
 from .run_folder import (
     CHECKPOINT_MARKER,
@@ -227,6 +228,10 @@ class TrainingLoop:
         # Adam (L2 weight decay) is the authors' fine-tuning optimiser; AdamW stays the default.
         optimizer_class = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
         optimizer = optimizer_class(groups, lr=args.learning_rate, weight_decay=args.weight_decay, eps=args.adam_epsilon)
+        if args.torch_compile:
+            # The parts only (see compile_pemt): in place, so the optimiser's parameters and the saved keys are the same.
+            options = {"backend": args.torch_compile_backend, "mode": args.torch_compile_mode}
+            compile_pemt(model, **{k: v for k, v in options.items() if v is not None})
         self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
         self.max_steps = args.total_steps(len(self.dataloader))
         # Post-LN Transformers diverge or stall without a warm-up at these learning rates; 10% is BERT's convention.

@@ -32,6 +32,8 @@ RESUMABLE_CHANGES = frozenset(
         "logging_steps", "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "dataloader_num_workers",
         "preprocessing_num_workers", "cache_dir", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
         "no_progress_bar", "per_device_eval_batch_size", "num_temporal_views",
+        # How the same computation is run (compiled kernels round differently, as thread counts do).
+        "torch_compile", "torch_compile_backend", "torch_compile_mode",
     }
 )
 
