@@ -7,7 +7,8 @@ At the end it prints one summary table (the key figure of each benchmark, read f
 naming the hardware.
 
 The paper-size fine-tuning step runs the key configurations only (full sharing + low rank in bf16, checkpointing off
-and on): on a 2-core CPU each takes several minutes. All eight configurations run at a reduced size.
+and on, channels-last; and bf16 autocast against bf16 weights in the contiguous layout): on a 2-core CPU each takes
+several minutes. All eight autocast/fp32 configurations run at a reduced size.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_cnn", ["--threads", "1", "--backward"]),
     ("bench_finetune_step", ["--clips", "1", "--segments", "2", "--chunk_size", "1", "--threads", "1"]),
     ("bench_finetune_step", ["--configs", "full-bf16-on", "full-bf16-off", "--threads", "1"]),
-    ("bench_pipeline", []),
+    ("bench_finetune_step", ["--configs", "full-bf16-on", "full-bf16w-on", "--threads", "1", "--memory_format", "contiguous"]),
+    ("bench_compile", ["--threads", "1"]),
+    ("bench_lowrank_matmuls", ["--threads", "1"]),
+    ("bench_pipeline", ["--preset", "paper", "--seconds", "30", "--runs", "1", "--skip_parts", "--threads", "1", "--compile"]),
 ]
 
 
@@ -61,6 +65,14 @@ def summary_rows() -> list[list[str]]:
                 step["command"],
             ])
     if pipe := _load("bench_pipeline"):
+        for run in pipe.get("variants", [])[2:]:  # the first two are the row below
+            rows.append([f"pipeline, {pipe['seconds_of_video']:.0f}-s 720p clip, {pipe['preset']}: {run['variant']}",
+                         f"{run['median_s']:.1f} s (first call {run['first_call_s']:.0f} s)",
+                         f"{run['speedup']:.2f}x vs fp32, same top-1: {run['same_top1']}", pipe["command"]])
+        if "decode_floor_bound" in pipe:
+            rows.append([f"pipeline, {pipe['seconds_of_video']:.0f}-s 720p clip: decoding alone",
+                         f"{pipe['parts_s']['decode floor (PyAV alone)']:.1f} s",
+                         f"bounds a serial pipeline's speed-up at {pipe['decode_floor_bound']:.2f}x", pipe["command"]])
         if "speedup" in pipe:
             rows.append([f"pipeline, {pipe['seconds_of_video']:.0f}-s 720p clip, {pipe['preset']}: bf16 vs fp32",
                          f"{pipe['bf16_s']:.1f} s vs {pipe['fp32_s']:.1f} s",
@@ -71,6 +83,15 @@ def summary_rows() -> list[list[str]]:
         for run in transformers["runs"]:
             rows.append([f"Transformers fwd+bwd, {run['dtype']}: {run['variant']}", f"{run['median_s'] * 1e3:.0f} ms",
                          f"{run['speedup_vs_unshared']:.2f}x vs unshared", transformers["command"]])
+    if compiled := _load("bench_compile"):
+        for run in compiled["runs"]:
+            rows.append([f"torch.compile, {run['part']}: {run['variant']}", f"{run['median_s']:.3f} s (first call {run['first_call_s']:.0f} s)",
+                         f"{run['speedup_vs_eager']:.2f}x vs eager", compiled["command"]])
+    if lowrank := _load("bench_lowrank_matmuls"):
+        for dtype, profile in lowrank["profiles"].items():
+            share = f", {profile['stack_s'] / lowrank['finetune_step_s']:.2%} of a 5x10 step" if lowrank.get("finetune_step_s") else ""
+            rows.append([f"low-rank Transformer stack fwd+bwd, {dtype}: small matmuls", f"{profile['stack_s']:.3f} s",
+                         f"{profile['matmul_share']:.0%} in {profile['matmul_calls']} matmuls{share}", lowrank["command"]])
     return rows
 
 
