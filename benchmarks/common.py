@@ -71,7 +71,7 @@ def command_line() -> str:
 def print_table(headers: list[str], rows: list[list]) -> None:
     """A Markdown table, so that the output pastes into the README as it is."""
     cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
