@@ -421,13 +421,16 @@ class MediaClip:
                 if missing > 0:
                     chunks.append(np.zeros(missing, dtype=np.float32))
                     produced += missing
-            try:
-                resampled = resampler.resample(frame)
-            except ValueError:
-                # The stream's format changed midway; a new resampler takes it from here.
-                resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-                resampled = resampler.resample(frame)
-            for out in resampled:
+            if _already_resampled(frame, rate):
+                pieces = [frame]
+            else:
+                try:
+                    pieces = resampler.resample(frame)
+                except ValueError:
+                    # The stream's format changed midway; a new resampler takes it from here.
+                    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+                    pieces = resampler.resample(frame)
+            for out in pieces:
                 chunks.append(out.to_ndarray().reshape(-1))
                 produced += chunks[-1].size
             expected_next = (time if time is not None else expected_next) + frame.samples / frame.sample_rate
@@ -438,6 +441,12 @@ class MediaClip:
         if first_time is None or not chunks:
             return np.zeros(0, dtype=np.float32), None
         return np.concatenate(chunks).astype(np.float32, copy=False), first_time
+
+
+def _already_resampled(frame: av.AudioFrame, rate: int) -> bool:
+    """Whether a frame is mono float at `rate` already (a prepared clip's audio): the resampler would only copy
+    it, at about half the cost of decoding it."""
+    return frame.sample_rate == rate and frame.layout.name == "mono" and frame.format.name in ("flt", "fltp")
 
 
 class ArrayClip:

@@ -178,12 +178,15 @@ class PemtProcessor(ProcessorMixin):
                         raise MediaDecodeError(f"{sound.name}: given as audio, but it has no audio stream.")
                 decoded = DecodedSegments(decoded.frames, separate.waveform, decoded.video_valid, separate.audio_valid)
             real = real.reshape(-1)
+            # Every start distinct and in order (training draws): no reordering, and no copy of the frames (tens of
+            # MB at paper size).
+            pick = slice(None) if index == list(range(len(unique))) else index
             # Segments the decoder could not fill (past a truncated end, before a late start) are not real either.
             segments = DecodedSegments(
-                decoded.frames[index] if decoded.frames is not None else None,
-                decoded.waveform[index] if decoded.waveform is not None else None,
-                decoded.video_valid[index] & real if decoded.frames is not None else None,
-                decoded.audio_valid[index] & real if decoded.waveform is not None else None,
+                decoded.frames[pick] if decoded.frames is not None else None,
+                decoded.waveform[pick] if decoded.waveform is not None else None,
+                decoded.video_valid[pick] & real if decoded.frames is not None else None,
+                decoded.audio_valid[pick] & real if decoded.waveform is not None else None,
             )
             return segments, real, clip.name
 
@@ -197,30 +200,32 @@ class PemtProcessor(ProcessorMixin):
         generator: torch.Generator | None,
         num_spatial_crops: int = 1,
         audio: VideoSource | None = None,
+        do_normalize: bool = True,
     ) -> dict[str, torch.Tensor]:
         segments, real, name = self.decode(video, training, num_temporal_views, generator, audio=audio)
+        video_kwargs = {"return_tensors": "pt", "do_normalize": do_normalize}
         count = len(real)
         if segments.frames is None:
             if require_video:
                 raise MediaDecodeError(f"{name}: no video stream, and require_video=True.")
             crop = self.video_processor.train_crop_size if training else self.video_processor.eval_crop_size
-            pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop)
+            pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop, dtype=None if do_normalize else torch.uint8)
             visual_segment_mask = torch.zeros(count, dtype=torch.long)
         elif training:
             # One augmentation draw per temporal view: all segments of a view share its crop and flip.
             views = torch.from_numpy(segments.frames).unflatten(0, (num_temporal_views, self.num_segments))
             pixels = torch.cat(
-                [self.video_processor(view, training=True, generator=generator, return_tensors="pt")["pixel_values"] for view in views]
+                [self.video_processor(view, training=True, generator=generator, **video_kwargs)["pixel_values"] for view in views]
             )
             visual_segment_mask = torch.as_tensor(segments.video_valid, dtype=torch.long)
         else:
-            pixels = self.video_processor(torch.from_numpy(segments.frames), return_tensors="pt")["pixel_values"]
+            pixels = self.video_processor(torch.from_numpy(segments.frames), **video_kwargs)["pixel_values"]
             visual_segment_mask = torch.as_tensor(segments.video_valid, dtype=torch.long)
         if num_spatial_crops > 1 and segments.frames is not None:
             # Spatial views: rows per temporal view, crop by crop ([view, crop, segment], flattened).
             frames = torch.from_numpy(segments.frames)
             crops = [
-                self.video_processor(frames, spatial_crop=i, num_spatial_crops=num_spatial_crops, return_tensors="pt")["pixel_values"]
+                self.video_processor(frames, spatial_crop=i, num_spatial_crops=num_spatial_crops, **video_kwargs)["pixel_values"]
                 for i in range(num_spatial_crops)
             ]
             pixels = torch.stack([c.unflatten(0, (num_temporal_views, self.num_segments)) for c in crops], dim=1).flatten(0, 2)
@@ -262,6 +267,7 @@ class PemtProcessor(ProcessorMixin):
         num_spatial_crops: int = 1,
         audio: VideoSource | np.ndarray | torch.Tensor | Sequence | None = None,
         sampling_rate: int | None = None,
+        do_normalize: bool = True,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -282,6 +288,9 @@ class PemtProcessor(ProcessorMixin):
             num_spatial_crops (`int`, *optional*, defaults to 1): evaluation: `s` crops spread along each frame's long
                 side (3: left, centre, right, the authors' test views) instead of the centre crop; every temporal
                 view gives `s` rows, so the batch holds `B * k * s` rows (clip, then temporal view, then crop).
+            do_normalize (`bool`, *optional*, defaults to `True`): `False` returns `pixel_values` as uint8 (0-255, the
+                same layout, masked segments 0) for [`PemtVideoProcessor.normalize`] to finish on the training
+                device: a quarter of the bytes through data-loader queues, and no float work in the workers.
 
         Returns:
             [`BatchFeature`] with `pixel_values` `[B * k, T, 3, F, crop, crop]`, `audio_values`
@@ -309,7 +318,8 @@ class PemtProcessor(ProcessorMixin):
         sounds = sounds or [None] * len(videos)
         clips = [
             self._clip_features(
-                v, training, num_temporal_views, require_audio, require_video, generator, num_spatial_crops, audio=a
+                v, training, num_temporal_views, require_audio, require_video, generator, num_spatial_crops, audio=a,
+                do_normalize=do_normalize,
             )
             for v, a in zip(videos, sounds)
         ]

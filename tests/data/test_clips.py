@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 
+import av
 import datasets
+import numpy as np
 import pytest
 import torch
 
-from pemt.data.clips import ClipDataset, read_report, stack_clips, stream_clips
+from pemt.data.clips import ClipDataset, normalize_pixels, read_report, stack_clips, stream_clips
 from pemt.data.loading import load_video_folder
 from pemt.data.prepare import PrepareSettings, prepare
 from pemt.model.configuration_pemt import PemtConfig
@@ -138,3 +140,46 @@ def test_pretraining_on_a_prepared_unlabelled_folder_skips_a_corrupt_clip(clips,
     skipped = read_report(out / "skipped_train.jsonl")
     # 6 clips, batches of 3, 4 steps = 2 epochs: the damaged clip is met once per epoch.
     assert len(skipped) == 2 and {s["source"] for s in skipped} == {str(damaged.resolve())}
+
+
+def test_uint8_samples_normalised_on_the_device_are_the_float_samples(clips, processor):
+    videos = load_video_folder(clips).select(range(4))
+    as_float = ClipDataset(videos, processor, training=True, seed=5)
+    as_uint8 = ClipDataset(videos, processor, training=True, seed=5, do_normalize=False)
+    for dataset in (as_float, as_uint8):
+        dataset.set_epoch(2)
+    floats = stack_clips([as_float[i] for i in range(4)])
+    raw = stack_clips([as_uint8[i] for i in range(4)])
+    assert raw["pixel_values"].dtype == torch.uint8 and floats["pixel_values"].dtype == torch.float32
+    # What the training loop's `prepare_batch` does with the batch on the training device.
+    model_input = normalize_pixels(raw, processor)
+    assert model_input.keys() == floats.keys()
+    for key in floats:
+        torch.testing.assert_close(model_input[key], floats[key], rtol=0, atol=1e-5)
+    # A float batch passes through untouched; negative control: the same clips another epoch differ.
+    assert normalize_pixels(floats, processor)["pixel_values"] is floats["pixel_values"]
+    as_uint8.set_epoch(3)
+    later = normalize_pixels(stack_clips([as_uint8[i] for i in range(4)]), processor)
+    assert (later["pixel_values"] - floats["pixel_values"]).abs().mean() > 0.1
+
+
+def test_audio_already_at_the_models_rate_skips_the_resampler_with_the_same_samples(tmp_path, monkeypatch):
+    import pemt.model.media_pemt as media
+
+    clip = write_media(tmp_path / "mono.mp4", seconds=3.0, fps=10, size=(32, 32), sample_rate=8000, tone_hz=330.0)
+    timing = media.SegmentTiming(4, 2, 10.0, 8000)
+    starts = [0.2, 1.1, 2.0]
+    with media.open_media(clip) as opened:
+        direct = opened.read_segments(starts, timing)
+    with av.open(str(clip)) as container:
+        assert media._already_resampled(next(container.decode(audio=0)), 8000)  # the path under test is taken
+    monkeypatch.setattr(media, "_already_resampled", lambda frame, rate: False)
+    with media.open_media(clip) as opened:
+        resampled = opened.read_segments(starts, timing)
+    np.testing.assert_array_equal(direct.waveform, resampled.waveform)
+    np.testing.assert_array_equal(direct.audio_valid, resampled.audio_valid)
+    assert np.abs(direct.waveform).max() > 0.05
+    # Negative control: other start times give other samples.
+    with media.open_media(clip) as opened:
+        other = opened.read_segments([0.3, 1.2, 2.1], timing)
+    assert np.abs(other.waveform - direct.waveform).max() > 0.05
