@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.clips import ClipDataset, normalize_pixels, stack_clips
+from ..data.streaming import StreamedBatches, rows_per_process, split_stream
 from ..data.loading import align_labels, collate, from_hub_dataset, label_names, load_video_folder, load_video_list, preprocess_dataset
 from ..errors import PemtUsageError
 from ..model.processing_pemt import PemtProcessor
@@ -63,6 +64,15 @@ class DataArguments:
                   "epoch); in_memory: decode once into cached tensors (fixed placement; tiny data sets only).",
                   "choices": ["on_the_fly", "in_memory"]},
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "on_the_fly: read the training clips as a datasets stream (IterableDataset), each process its "
+                  "part (split_dataset_by_node), the epoch's length from the number of clips; resuming skips the "
+                  "consumed clips without decoding them."},
+    )
+    streaming_shuffle_buffer: int = field(
+        default=1000, metadata={"help": "--streaming: clips shuffled in a buffer of this size, anew every epoch (0: in order)."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "in_memory: where preprocessed tensors are cached."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "in_memory: processes for datasets.map."})
 
@@ -72,6 +82,10 @@ class DataArguments:
             raise PemtUsageError(f"{' and '.join('--' + s for s in sources)} both name training clips; give one.")
         if self.eval_dir and self.eval_file:
             raise PemtUsageError("--eval_dir and --eval_file both name evaluation clips; give one.")
+        if self.streaming and self.data_mode != "on_the_fly":
+            raise PemtUsageError("--streaming decodes clips on the fly; it does not combine with --data_mode in_memory.")
+        if self.streaming_shuffle_buffer < 0:
+            raise PemtUsageError(f"--streaming_shuffle_buffer is {self.streaming_shuffle_buffer}; it must be 0 or more.")
 
 
 EVALUATION_SPLITS = ("test", "validation", "valid", "val", "dev")
@@ -175,9 +189,11 @@ class TrainingData:
 
 
 def setup_data(
-    args: DataArguments, output_dir: str | Path, processor: PemtProcessor, accelerator: Accelerator, seed: int
+    args: DataArguments, output_dir: str | Path, processor: PemtProcessor, accelerator: Accelerator, seed: int,
+    batch_size: int | None = None, num_workers: int = 0,
 ) -> TrainingData:
-    """The data of a run, as `args.data_mode` asks (see the module docstring)."""
+    """The data of a run, as `args.data_mode` asks (see the module docstring). `batch_size` (per process) and
+    `num_workers` serve `--streaming`, whose data set makes its batches itself."""
     raw_train, raw_eval = load_raw_splits(args)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -193,15 +209,38 @@ def setup_data(
     suffix = f"_process{accelerator.process_index}" if accelerator.num_processes > 1 else ""
     # Workers hand over uint8 crops; the float conversion and normalisation run on the training device, right
     # before the forward pass (a quarter of the bytes through the loader, and ~30 ms less per paper-size sample).
-    train = ClipDataset(
-        raw_train, processor, training=True, seed=seed, report_path=output_dir / f"skipped_train{suffix}.jsonl",
-        do_normalize=False,
-    )
+    if args.streaming:
+        train = streamed_training_batches(args, raw_train, processor, accelerator, seed, batch_size, num_workers,
+                                          output_dir / f"skipped_train{suffix}.jsonl")
+    else:
+        train = ClipDataset(
+            raw_train, processor, training=True, seed=seed, report_path=output_dir / f"skipped_train{suffix}.jsonl",
+            do_normalize=False,
+        )
     evaluation = None
     if raw_eval is not None:
         evaluation = ClipDataset(raw_eval, processor, training=False, report_path=output_dir / f"skipped_eval{suffix}.jsonl")
     to_batch = functools.partial(normalize_pixels, processor=processor)
     return TrainingData(train, stack_clips, to_batch, evaluation, stack_clips, raw_train, raw_eval)
+
+
+def streamed_training_batches(
+    args: DataArguments, raw_train: datasets.Dataset, processor: PemtProcessor, accelerator: Accelerator, seed: int,
+    batch_size: int | None, num_workers: int, report_path: Path,
+) -> StreamedBatches:
+    """`--streaming`: this process's part of the training clips as a stream, in batches of `batch_size`; an epoch
+    is as many batches as the smallest part fills (the same in every process)."""
+    if not batch_size:
+        raise ValueError("--streaming needs the per-process batch size.")
+    world = accelerator.num_processes
+    stream = split_stream(raw_train, accelerator.process_index, world, seed, shuffle_buffer=args.streaming_shuffle_buffer)
+    num_batches = rows_per_process(len(raw_train), world) // batch_size
+    if num_batches == 0:
+        raise PemtUsageError(
+            f"--streaming: {len(raw_train)} training clip(s) over {world} process(es) give no full batch of {batch_size}; "
+            "lower --per_device_train_batch_size."
+        )
+    return StreamedBatches(stream, processor, batch_size, num_batches, seed, num_workers, report_path)
 
 
 def preprocess_splits(

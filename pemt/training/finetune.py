@@ -141,7 +141,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     set_seed(args.seed)
     processor = load_processor(model_args, model_overrides)  # a bad config fails here, before the output folder is touched
     prepare_output_dir(accelerator, args, fingerprint)
-    data = setup_data(data_args, args.output_dir, processor, accelerator, args.seed)
+    data = setup_data(
+        data_args, args.output_dir, processor, accelerator, args.seed, args.per_device_train_batch_size,
+        args.dataloader_num_workers,
+    )
     raw_train, raw_eval = data.raw_train, data.raw_eval
     model = build_model(model_args, task, label_names(raw_train), model_overrides)
     if task.linear_probe:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, send_to_device, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -207,13 +207,16 @@ class TrainingLoop:
         self.accelerator = accelerator
         self.model_config = model.config.to_dict() if hasattr(model, "config") else {}
         set_seed(args.seed)
+        # A stream (`--streaming`, pemt.data.streaming.StreamedBatches) batches, orders, splits between processes
+        # and skips on resume itself; Accelerate's sampler and dispatching would do all of that again.
+        self.streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
         dataloader = DataLoader(
             train_dataset,
-            batch_size=args.per_device_train_batch_size,
-            shuffle=True,
-            collate_fn=collate_fn,
-            drop_last=drop_last,
-            num_workers=args.dataloader_num_workers,
+            batch_size=None if self.streaming else args.per_device_train_batch_size,
+            shuffle=not self.streaming,
+            collate_fn=None if self.streaming else collate_fn,
+            drop_last=False if self.streaming else drop_last,
+            num_workers=0 if self.streaming else args.dataloader_num_workers,
             # Starting an epoch's iterator draws a base seed from this generator; without one it would come from
             # the global RNG, which a resumed run restores *before* its first (skipping) iterator starts while the
             # killed run had drawn it before the checkpoint, so every later mask, swap and crop would differ.
@@ -232,7 +235,11 @@ class TrainingLoop:
             # The parts only (see compile_pemt): in place, so the optimiser's parameters and the saved keys are the same.
             options = {"backend": args.torch_compile_backend, "mode": args.torch_compile_mode}
             compile_pemt(model, **{k: v for k, v in options.items() if v is not None})
-        self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
+        if self.streaming:
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
+            self.dataloader = dataloader
+        else:
+            self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
         self.max_steps = args.total_steps(len(self.dataloader))
         # Post-LN Transformers diverge or stall without a warm-up at these learning rates; 10% is BERT's convention.
         warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.1 * self.max_steps)
@@ -363,15 +370,20 @@ class TrainingLoop:
         count, window_start, window_samples = 0, time.perf_counter(), 0
         epoch = self.state.global_step // steps_per_epoch
         while self.state.global_step < self.max_steps:
-            self.dataloader.set_epoch(epoch)
+            if not self.streaming:
+                self.dataloader.set_epoch(epoch)
             # Data sets that seed each sample by (seed, epoch, index) need the epoch; Accelerate hands it to the
             # seedable sampler only, not to the data set as well.
             if hasattr(self.dataloader.dataset, "set_epoch"):
                 self.dataloader.dataset.set_epoch(epoch)
             batches = self.dataloader
             skip = (self.state.global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps
-            if skip:
+            if skip and self.streaming:
+                self.dataloader.dataset.skip_batches(skip)  # the consumed rows are read, not decoded
+            elif skip:
                 batches = accelerator.skip_first_batches(self.dataloader, skip)
+            if self.streaming:
+                batches = (send_to_device(batch, accelerator.device) for batch in batches)
             self.model.train()
             for batch in batches:
                 batch = self.prepare_batch(batch)

@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
         config = load_model_config(model_args)  # a bad config fails here, before the output folder is touched
         processor = PemtProcessor.from_model_config(config)
     prepare_output_dir(accelerator, args, fingerprint)
-    data = setup_data(data_args, args.output_dir, processor, accelerator, args.seed)
+    data = setup_data(
+        data_args, args.output_dir, processor, accelerator, args.seed, args.per_device_train_batch_size,
+        args.dataloader_num_workers,
+    )
     if not model_args.model_name_or_path:
         model = PemtForPreTraining(config)
 
