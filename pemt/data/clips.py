@@ -216,15 +216,10 @@ def stream_clips(
             otherwise `datasets` gives each process every `world_size`-th example.
         shuffle_buffer (`int`): examples shuffled in a buffer of this size, reshuffled every epoch (0: in order).
     """
-    from datasets.distributed import split_dataset_by_node
+    from .streaming import split_stream  # which imports this module
 
-    if isinstance(videos, datasets.Dataset):
-        videos = videos.to_iterable_dataset(num_shards=num_shards or min(len(videos), 8 * world_size))
-    if shuffle_buffer:
-        videos = videos.shuffle(seed=seed, buffer_size=shuffle_buffer)
-    if world_size > 1:
-        videos = split_dataset_by_node(videos, rank=rank, world_size=world_size)
-    return StreamingClips(videos, processor, training, seed, report_path)
+    stream = split_stream(videos, rank, world_size, seed, num_shards, shuffle_buffer)
+    return StreamingClips(stream, processor, training, seed, report_path)
 
 
 def read_report(report_path: str | os.PathLike) -> list[dict]:
