@@ -34,6 +34,8 @@ from typing import Any
 
 import av
 
+from ..errors import PemtUsageError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PrepareSettings", "list_inputs", "prepare", "transcode_clip", "read_manifest", "is_prepared", "main"]
@@ -178,7 +180,16 @@ def list_inputs(input: str | os.PathLike, video_column: str = "video", label_col
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             return _read_hub(str(path), video_column, label_column)
         return _scan_folder(path)
-    return _read_hub(str(input), video_column, label_column)
+    text = str(input)
+    # A Hub id is `name` or `owner/name`; anything else that does not exist is a mistyped path.
+    if os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or path.suffix.lower() in (".csv", ".jsonl", ".json"):
+        raise PemtUsageError(f"{text}: no such file or folder.")
+    try:
+        return _read_hub(text, video_column, label_column)
+    except FileNotFoundError as err:  # datasets' DatasetNotFoundError is one
+        raise PemtUsageError(
+            f"{text}: no such file or folder, and no data set of that name could be loaded ({' '.join(str(err).split())})"
+        ) from err
 
 
 # -- transcoding one clip ------------------------------------------------------------------------------------------
@@ -341,6 +352,10 @@ def prepare(
     Resumable and idempotent: clips already written (recorded in `progress.jsonl` and present on disk) are kept;
     failed ones are tried again. The manifest is rewritten at the end, in input order.
     """
+    # The input is read first: a mistyped one must leave no output folder behind.
+    entries = list_inputs(input, video_column, label_column)
+    if not entries:
+        raise ValueError(f"{input}: no media files found (extensions: {', '.join(MEDIA_EXTENSIONS)}).")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings_path = output_dir / SETTINGS_FILE
@@ -354,9 +369,6 @@ def prepare(
                 f"instead of mixing clips of two formats."
             )
     settings_path.write_text(json.dumps({**wanted, "shard_size": shard_size}, indent=2) + "\n")
-    entries = list_inputs(input, video_column, label_column)
-    if not entries:
-        raise ValueError(f"{input}: no media files found (extensions: {', '.join(MEDIA_EXTENSIONS)}).")
     seen: set[str] = set()
     for entry in entries:
         if entry["id"] in seen:

@@ -171,3 +171,21 @@ def test_prepared_folder_with_splits_loads_as_splits(sources, tmp_path):
     train, evaluation = load_raw_splits(args)
     assert train["video"] == loaded["train"]["video"] and evaluation["video"] == loaded["test"]["video"]
     assert load_evaluation_set(DataArguments(eval_dir=str(tmp_path / "out")))["video"] == loaded["test"]["video"]
+
+
+@pytest.mark.parametrize("missing", ["{tmp}/no_such_folder", "{tmp}/no_such_list.csv", "./no_such_dir/clips"])
+def test_a_missing_input_is_a_usage_error_naming_it_and_writes_nothing(tmp_path, capsys, missing):
+    from pemt.cli import run
+
+    missing = missing.format(tmp=tmp_path)
+    out = tmp_path / "out"
+    assert run("prepare", [missing, str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"pemt prepare: error: {missing}: no such file or folder."]
+    assert not out.exists()
+    # Negative control: an existing folder is read (and prepared) by the same call.
+    clip = tmp_path / "present"
+    clip.mkdir()
+    write_media(clip / "a.mp4", seconds=1.0, size=(32, 32), sample_rate=8000)
+    assert run("prepare", [str(clip), str(out), "--model_config", "tiny"]) == 0
+    assert (out / "manifest.jsonl").exists()
