@@ -6,7 +6,9 @@ prepared 30-s clip costs on disk; and the data loader's peak memory with a 100-c
 
 Per core: CPU seconds per sample measured in-process (`time.process_time`), which a busy machine does not inflate
 the way wall time is; the data-loader rows give wall-clock samples/s with 1 and 2 workers (those do depend on the
-machine's load, printed beside them). Writes benchmarks/results/bench_data.json.
+machine's load, printed beside them). A training sample is what training's data loader produces: uint8 crops
+(`do_normalize=False`), normalised on the training device; the float sample normalised in the worker (the path
+before this change, and the processor's default) is timed beside it. Writes benchmarks/results/bench_data.json.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import floor_decode, print_table, write_results  # noqa: E402
 from media_fixtures import write_media  # noqa: E402
 
-from pemt.data.clips import ClipDataset, sample_generator, stack_clips  # noqa: E402
+from pemt.data.clips import ClipDataset, normalize_pixels, sample_generator, stack_clips  # noqa: E402
 from pemt.data.loading import load_video_folder  # noqa: E402
 from pemt.data.prepare import PrepareSettings, prepare  # noqa: E402
 from pemt.model.configuration_pemt import PemtConfig  # noqa: E402
@@ -55,6 +57,18 @@ def loader_rate(dataset: ClipDataset, workers: int, samples: int) -> float:
     return count / (time.perf_counter() - begin)
 
 
+def stream_rate(videos, processor: PemtProcessor, workers: int, samples: int) -> float:
+    """Wall-clock samples/s of `--streaming`'s batches (batch 1) with `workers` decoding processes, after the first."""
+    from pemt.data.streaming import StreamedBatches, split_stream
+
+    batches = StreamedBatches(split_stream(videos), processor, batch_size=1, num_batches=len(videos), num_workers=workers)
+    iterator = iter(batches)
+    next(iterator)
+    begin = time.perf_counter()
+    count = sum(1 for _ in iterator)
+    return count / (time.perf_counter() - begin)
+
+
 def memory_probe(prepared: Path, entries: int, workers: int) -> float:
     """Peak RSS (MB, largest process) of a run reading 16 samples through a DataLoader over a manifest of
     `entries` lines; runs in a fresh interpreter so that nothing else counts."""
@@ -76,7 +90,7 @@ from pemt.data.loading import load_video_folder
 from pemt.model.configuration_pemt import PemtConfig
 from pemt.model.processing_pemt import PemtProcessor
 processor = PemtProcessor.from_model_config(PemtConfig.from_preset("paper"))
-dataset = ClipDataset(load_video_folder({str(probe_dir)!r}), processor, training=True)
+dataset = ClipDataset(load_video_folder({str(probe_dir)!r}), processor, training=True, do_normalize=False)
 loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers={workers}, collate_fn=stack_clips, shuffle=True)
 for i, batch in enumerate(loader):
     if i == 7:
@@ -116,10 +130,11 @@ def demo_epochs(workdir: Path) -> dict:
     in_memory = time.process_time() - begin
 
     def epoch(videos) -> float:
-        dataset = ClipDataset(videos, processor, training=True)
+        # As training runs it on a CPU: uint8 samples, normalised in the training process (counted here).
+        dataset = ClipDataset(videos, processor, training=True, do_normalize=False)
         begin = time.process_time()
         for start in range(0, len(dataset), 32):
-            stack_clips([dataset[i] for i in range(start, min(start + 32, len(dataset)))])
+            normalize_pixels(stack_clips([dataset[i] for i in range(start, min(start + 32, len(dataset)))]), processor)
         return time.process_time() - begin
 
     return {"clips": len(raw), "in_memory_preprocess_s": preprocess, "in_memory_epoch_s": in_memory,
@@ -154,8 +169,8 @@ def main() -> None:
     clip_mb = prepared_clip.stat().st_size / 1e6
 
     # Several manifest entries over the one file, so that every sample is a different (index -> placement) draw.
-    raw_set = ClipDataset(load_video_folder(sources).select([0] * (args.raw_samples + 1)), processor, training=True)
-    prepared_set = ClipDataset(load_video_folder(prepared_dir).select([0] * (args.samples + 1)), processor, training=True)
+    raw_set = ClipDataset(load_video_folder(sources).select([0] * (args.raw_samples + 1)), processor, training=True, do_normalize=False)
+    prepared_set = ClipDataset(load_video_folder(prepared_dir).select([0] * (args.samples + 1)), processor, training=True, do_normalize=False)
     span = processor.timing.span
 
     def floor(path: Path):
@@ -173,15 +188,25 @@ def main() -> None:
             lambda i: processor.decode(video, training=True, generator=sample_generator(0, 0, i)), samples
         )
         pemt_s = cpu_seconds_per_sample(dataset.__getitem__, samples)
+        dataset.do_normalize = True
+        float_s = cpu_seconds_per_sample(dataset.__getitem__, samples)
+        dataset.do_normalize = False
+        # The training process's share: float conversion and normalisation of one sample (a GPU's, on a GPU).
+        item = stack_clips([dataset[0]])
+        normalize_s = cpu_seconds_per_sample(lambda i: normalize_pixels(item, processor), samples)
         load = os.getloadavg()[0]
         rates = {w: loader_rate(dataset, w, samples) for w in (1, 2)}
-        results[name] = {"floor_cpu_s": floor_s, "decode_cpu_s": decode_s, "pemt_cpu_s": pemt_s,
+        streamed = stream_rate(dataset.videos, processor, 2, samples)
+        results[name] = {"stream_2_workers_samples_per_s": streamed, "floor_cpu_s": floor_s, "decode_cpu_s": decode_s, "pemt_cpu_s": pemt_s,
+                         "pemt_float_in_worker_cpu_s": float_s, "normalize_on_device_cpu_s": normalize_s,
                          "loader_samples_per_s": rates, "load_average": load}
-        rows.append([name, 1 / floor_s, 1 / decode_s, 1 / pemt_s, pemt_s / floor_s, rates[1], rates[2], f"{load:.1f}"])
+        rows.append([name, 1 / floor_s, 1 / decode_s, 1 / pemt_s, pemt_s / floor_s, 1 / float_s, 1000 * normalize_s,
+                     rates[1], rates[2], streamed, f"{load:.1f}"])
     print(f"paper settings: T={config.num_segments} x {config.frames_per_segment} frames, {config.train_crop_size}^2 crops, "
           f"log-mel {config.num_mel_bins}x{config.audio_frames}; {args.seconds:.0f}-s 1280x720 h264/aac source (scrolling noise)")
     print_table(
-        ["source", "floor samples/s/core", "pemt decode only /s/core", "pemt samples/s/core", "x floor", "loader 1 worker /s", "loader 2 workers /s", "load avg"],
+        ["source", "floor samples/s/core", "pemt decode only /s/core", "pemt samples/s/core", "x floor",
+         "float in worker /s/core", "normalise on device ms (CPU)", "loader 1 worker /s", "loader 2 workers /s", "--streaming 2 workers /s", "load avg"],
         rows,
     )
     print(f"prepared 30-s clip: {clip_mb:.2f} MB ({settings.short_side}p short side, {settings.fps:g} fps, GOP {settings.gop}, "
