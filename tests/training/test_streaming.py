@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.training.test_pretraining import run_pretrain_subprocess, run_summary
 
 # 64 demo clips in batches of 8: 8 steps per epoch, so 10 steps cross into the second epoch (new order, new crops).
@@ -47,3 +49,28 @@ def test_a_killed_streaming_run_resumes_to_the_weights_of_an_uninterrupted_one(t
     # weights above mean the resumed run saw the same batches.
     run_pretrain_subprocess(streaming_args(in_order, demo_data, "--streaming_shuffle_buffer", "0"))
     assert run_summary(in_order)["weights_sha256"] != run_summary(straight)["weights_sha256"]
+
+
+def test_two_processes_stream_their_own_parts_in_step(tmp_path, demo_data):
+    from tests.training.test_pretraining import free_port
+
+    launcher = [
+        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+    ]
+    args = ["--output_dir", str(tmp_path), "--train_dir", str(demo_data / "train"), "--model_config", "tiny",
+            "--per_device_train_batch_size", "4", "--no_progress_bar", "--streaming", "--max_steps", "3"]
+    run_pretrain_subprocess(args, launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
+    first, second = run_summary(tmp_path, 0), run_summary(tmp_path, 1)
+    assert first["num_processes"] == 2 and first["global_step"] == second["global_step"] == 3
+    assert first["samples_seen"] == 3 * 2 * 4
+    assert first["weights_sha256"] == second["weights_sha256"]
+
+
+def test_streaming_does_not_combine_with_in_memory_data():
+    from pemt.errors import PemtUsageError
+    from pemt.training.data_setup import DataArguments
+
+    with pytest.raises(PemtUsageError, match="--streaming .* --data_mode in_memory"):
+        DataArguments(train_dir="x", streaming=True, data_mode="in_memory")
+    DataArguments(train_dir="x", streaming=True)  # on the fly: accepted
