@@ -4,7 +4,10 @@ Two ways to feed a run (`--data_mode`):
 
 - `on_the_fly` (default): clips are decoded in data-loader workers, from prepared folders (`pemt prepare`) or raw
   files, with new segment placement, crops and SpecAugment every epoch, each sample seeded by
-  `(seed, epoch, clip)` so that a killed run resumes exactly. Memory does not grow with the data set.
+  `(seed, epoch, clip)` so that a killed run resumes exactly. Memory does not grow with the data set. Workers hand
+  over uint8 crops; they are normalised on the training device (`normalize_pixels` in the loop's `prepare_batch`).
+  With `--streaming`, the clips are read as a `datasets` stream instead, each process its part
+  (`pemt.data.streaming`).
 - `in_memory`: every clip is decoded once, at fixed segment placement, into uint8 tensors cached by `datasets`;
   only crops and SpecAugment change between epochs. It earns its place for tiny data sets only: an epoch of the
   demo data (96 clips, small preset) costs 0.28 CPU-s after a one-off 1.3 CPU-s decode, against 0.92 CPU-s from
