@@ -214,9 +214,9 @@ class PemtProcessor(ProcessorMixin):
         elif training:
             # One augmentation draw per temporal view: all segments of a view share its crop and flip.
             views = torch.from_numpy(segments.frames).unflatten(0, (num_temporal_views, self.num_segments))
-            pixels = torch.cat(
-                [self.video_processor(view, training=True, generator=generator, **video_kwargs)["pixel_values"] for view in views]
-            )
+            per_view = [self.video_processor(view, training=True, generator=generator, **video_kwargs)["pixel_values"] for view in views]
+            # One view (training's usual case) is used as it is: a cat would copy 12-48 MB at paper size.
+            pixels = per_view[0] if len(per_view) == 1 else torch.cat(per_view)
             visual_segment_mask = torch.as_tensor(segments.video_valid, dtype=torch.long)
         else:
             pixels = self.video_processor(torch.from_numpy(segments.frames), **video_kwargs)["pixel_values"]
@@ -324,7 +324,10 @@ class PemtProcessor(ProcessorMixin):
             for v, a in zip(videos, sounds)
         ]
         shape = (len(videos) * num_temporal_views * num_spatial_crops, self.num_segments)
-        data = {key: torch.cat([c[key] for c in clips]).reshape(*shape, *clips[0][key].shape[1:]) for key in clips[0]}
+        data = {
+            key: (clips[0][key] if len(clips) == 1 else torch.cat([c[key] for c in clips])).reshape(*shape, *clips[0][key].shape[1:])
+            for key in clips[0]
+        }
         if return_tensors != "pt":
             data = {key: value.numpy() for key, value in data.items()}
         return BatchFeature(data, tensor_type=return_tensors)
