@@ -10,8 +10,8 @@ Two ways to feed a run (`--data_mode`):
   (`pemt.data.streaming`).
 - `in_memory`: every clip is decoded once, at fixed segment placement, into uint8 tensors cached by `datasets`;
   only crops and SpecAugment change between epochs. It earns its place for tiny data sets only: an epoch of the
-  demo data (96 clips, small preset) costs 0.28 CPU-s after a one-off 1.3 CPU-s decode, against 0.92 CPU-s from
-  prepared clips and 1.2 CPU-s from the raw files (benchmarks/bench_data.py), so the CPU demo uses it. At paper
+  demo data (96 clips, small preset) costs 0.15 CPU-s after a one-off 1.26 CPU-s decode, against 0.89 CPU-s from
+  prepared clips and 1.11 CPU-s from the raw files (benchmarks/bench_data.py), so the CPU demo uses it. At paper
   settings it stores 24.6 MB per clip and its segments never move.
 """
 
