@@ -116,6 +116,20 @@ def run_pretrain_subprocess(
     return done
 
 
+def kill_at_first_checkpoint(command: list[str], output_dir: Path) -> None:
+    """Starts `command` (a training run writing to `output_dir`) and kills it with SIGKILL as soon as its first
+    complete checkpoint exists, failing the test if the run ends first."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(output_dir.glob("checkpoints/checkpoint_*/pemt_checkpoint.json")):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; give it more steps"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, demo_data, preprocessing_cache):
     steps = ["--max_steps", "16", "--checkpointing_steps", "3", "--seed", "3"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -132,15 +146,7 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, dem
     assert "eval/cpp_accuracy" in history[-1] and "eval/mep_accuracy" in history[-1]
 
     command = [sys.executable, "-m", "pemt.training.pretrain", *pretrain_args(resumed, demo_data, preprocessing_cache, *TINY_RUN, *steps)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(resumed.glob("checkpoints/checkpoint_*/pemt_checkpoint.json")):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed; give it more steps"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_at_first_checkpoint(command, resumed)
     assert not (resumed / "run_summary_process0.json").exists()
 
     run_pretrain_subprocess(

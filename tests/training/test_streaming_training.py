@@ -4,15 +4,12 @@ not decoded again), across an epoch boundary, with a decoding worker."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.training.test_pretraining import run_pretrain_subprocess, run_summary
+from tests.training.test_pretraining import kill_at_first_checkpoint, run_pretrain_subprocess, run_summary
 
 # 64 demo clips in batches of 8: 8 steps per epoch, so 10 steps cross into the second epoch (new order, new crops).
 STREAMING_RUN = [
@@ -32,15 +29,7 @@ def test_a_killed_streaming_run_resumes_to_the_weights_of_an_uninterrupted_one(t
     assert [row["step"] for row in history if "train/loss" in row] == list(range(1, 11))
 
     command = [sys.executable, "-m", "pemt.training.pretrain", *streaming_args(resumed, demo_data)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(resumed.glob("checkpoints/checkpoint_*/pemt_checkpoint.json")):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed; give it more steps"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_at_first_checkpoint(command, resumed)
     run_pretrain_subprocess(streaming_args(resumed, demo_data, "--resume_from_checkpoint", "latest"))
     assert run_summary(resumed)["global_step"] == 10
     assert run_summary(resumed)["weights_sha256"] == run_summary(straight)["weights_sha256"]
