@@ -25,6 +25,7 @@ from pathlib import Path
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from ..cli import ArgumentParser, _positive
 from ..model.configuration_pemt import PemtConfig
 from . import finetune, pretrain
 from .arguments import ModelArguments, load_model_config
@@ -103,7 +104,7 @@ class Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pemt ablate", description="Run one of the paper's ablations (or all).")
+    parser = ArgumentParser(prog="pemt ablate", description="Run one of the paper's ablations (or all).")
     parser.add_argument("--suite", choices=(*SUITES, "all"), required=True)
     parser.add_argument("--output_dir", required=True, help="Where runs/, results.json and results.md go.")
     parser.add_argument("--data_dir", default=None, help="Relation-task data (default: OUTPUT_DIR/data, made if missing).")
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetuning_steps", type=int, default=Settings.finetuning_steps)
     parser.add_argument("--finetuning_batch_size", type=int, default=Settings.finetuning_batch_size)
     parser.add_argument(
-        "--jobs", type=int, default=1,
+        "--jobs", type=_positive, default=1,
         help="Independent runs (variant x seed) trained at once, each in its own process with an equal share of the "
         "CPU cores as torch threads. On a CPU set it to the number of cores: runs at demo scale are too small to use "
         "several threads well. Must be 1 under a multi-process `accelerate launch`, which parallelises each run.",
@@ -216,40 +217,43 @@ class RunTask:
     cache: Path
     settings: Settings
 
+    def run(self) -> dict:
+        return run_variant(self.variant, self.seed, self.data, self.run_dir, self.cache, self.settings)
+
+    def finished(self) -> bool:
+        return (self.run_dir / "result.json").exists()
+
 
 def _run_task_in_worker(task: RunTask, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    return run_variant(task.variant, task.seed, task.data, task.run_dir, task.cache, task.settings)
+    return task.run()
 
 
 def run_tasks(tasks: list[RunTask], jobs: int) -> list[dict]:
     """Runs every task and returns their rows in order: in this process when `jobs` is 1, else in `jobs` fresh worker
     processes (one per run, so no state of a finished run leaks into the next)."""
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    rows: list[dict | None] = [None] * len(tasks)
     if jobs == 1:
         with keep_process_group():
-            for i, task in enumerate(tasks):
-                rows[i] = run_variant(task.variant, task.seed, task.data, task.run_dir, task.cache, task.settings)
-        return rows
+            return [task.run() for task in tasks]
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    # Finished runs are read back here; only the others get a worker process.
+    rows = [task.run() if task.finished() else None for task in tasks]
+    pending = [i for i, row in enumerate(rows) if row is None]
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    # The first run that pretrains fills the preprocessing caches of both data sets alone, so that parallel runs
-    # only ever read them.
-    first = next((i for i, t in enumerate(tasks) if t.variant.pretrained), 0)
-    order = [first] + [i for i in range(len(tasks)) if i != first]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        if tasks and not (tasks[first].run_dir / "result.json").exists():
+        # The first pending run that pretrains fills the preprocessing caches of both data sets alone, so that
+        # parallel runs only ever read them.
+        first = next((i for i in pending if tasks[i].variant.pretrained), None)
+        if first is not None:
             rows[first] = pool.submit(_run_task_in_worker, tasks[first], threads).result()
-            order = order[1:]
-        futures = {pool.submit(_run_task_in_worker, tasks[i], threads): i for i in order}
+            pending.remove(first)
+        futures = {pool.submit(_run_task_in_worker, tasks[i], threads): i for i in pending}
         for done, future in enumerate(as_completed(futures), 1):
             i = futures[future]
             rows[i] = future.result()
@@ -263,8 +267,6 @@ def pair_head_accuracy(model_dir: Path, test_dir: Path) -> float:
     It shows whether pretraining learned the relation the labels name, apart from whether a downstream head can use
     it. NaN for a model without a CPP head (`cpp_weight=0`), and on all but the main process."""
     from transformers import pipeline
-
-    from ..model.configuration_pemt import PemtConfig
 
     if not PartialState().is_main_process or PemtConfig.from_pretrained(model_dir).cpp_weight == 0:
         return math.nan
@@ -348,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
     # ACCELERATE_USE_CPU itself; a bare PartialState() does not, and would make each process of a multi-process CPU
     # launch think it is alone.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if args.jobs > 1 and state.num_processes > 1:
+        raise ValueError(f"--jobs {args.jobs} needs a single process; this is a {state.num_processes}-process launch")
     if not (data / "pretrain").is_dir() or not (data / "labelled").is_dir():
         if args.data_dir:
             raise FileNotFoundError(
@@ -380,8 +384,6 @@ def main(argv: list[str] | None = None) -> dict:
         for key, variant in variants.items()
         for seed in range(args.first_seed, args.seeds)
     ]
-    if args.jobs > 1 and state.num_processes > 1:
-        raise ValueError(f"--jobs {args.jobs} needs a single process; this is a {state.num_processes}-process launch")
     finished = run_tasks(tasks, args.jobs)
     rows: dict[str, list[dict]] = {key: [] for key in variants}
     for task, row in zip(tasks, finished):

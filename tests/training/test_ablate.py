@@ -98,18 +98,14 @@ def test_ablation_under_a_two_process_launch(tmp_path, relation_data):
     """The command a cluster user runs (`accelerate launch -m pemt.training.ablate`), here as two CPU processes: every
     run trains data-parallel in both, and the table is written once."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.training.test_pretraining import two_cpu_processes_launcher
+
     out = tmp_path / "ablation"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        "-m", "pemt.training.ablate", "--suite", "pretraining", "--variants", "paper", "--output_dir", str(out),
+        sys.executable, *two_cpu_processes_launcher(), "-m", "pemt.training.ablate", "--suite", "pretraining", "--variants", "paper", "--output_dir", str(out),
         "--data_dir", str(relation_data), *TOY[:2], "--seeds", "1", *TOY[4:],
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -158,22 +158,24 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, dem
     assert [row["step"] for row in history if "train/loss" in row] == list(range(1, 17))
 
 
-def free_port() -> int:
+def two_cpu_processes_launcher() -> list[str]:
+    """`python -m` arguments of an `accelerate launch` of two processes on a free port; run it with
+    `ACCELERATE_USE_CPU=true`. `accelerate launch --cpu` starts a single process (several need mpirun); the torchrun
+    launcher behind `--multi_gpu` starts two, and ACCELERATE_USE_CPU makes them a CPU (gloo) group even where GPUs
+    exist."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port = probe.getsockname()[1]
+    return [
+        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+    ]
 
 
 def test_two_processes_train_in_step(tmp_path, demo_data, preprocessing_cache):
-    # `accelerate launch --cpu` starts a single process (several need mpirun); the torchrun launcher behind
-    # `--multi_gpu` starts two, and ACCELERATE_USE_CPU makes them a CPU (gloo) group even where GPUs exist.
-    launcher = [
-        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-    ]
     run_pretrain_subprocess(
         pretrain_args(tmp_path, demo_data, preprocessing_cache, *TINY_RUN, "--max_steps", "4", "--checkpointing_steps", "2"),
-        launcher=launcher,
+        launcher=two_cpu_processes_launcher(),
         env={"ACCELERATE_USE_CPU": "true"},
     )
     first, second = run_summary(tmp_path, 0), run_summary(tmp_path, 1)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.test_pretraining import kill_at_first_checkpoint, run_pretrain_subprocess, run_summary
+from tests.training.test_pretraining import (
+    kill_at_first_checkpoint,
+    run_pretrain_subprocess,
+    run_summary,
+    two_cpu_processes_launcher,
+)
 
 # 64 demo clips in batches of 8: 8 steps per epoch, so 10 steps cross into the second epoch (new order, new crops).
 STREAMING_RUN = [
@@ -41,15 +46,9 @@ def test_a_killed_streaming_run_resumes_to_the_weights_of_an_uninterrupted_one(t
 
 
 def test_two_processes_stream_their_own_parts_in_step(tmp_path, demo_data):
-    from tests.training.test_pretraining import free_port
-
-    launcher = [
-        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-    ]
     args = ["--output_dir", str(tmp_path), "--train_dir", str(demo_data / "train"), "--model_config", "tiny",
             "--per_device_train_batch_size", "4", "--no_progress_bar", "--streaming", "--max_steps", "3"]
-    run_pretrain_subprocess(args, launcher=launcher, env={"ACCELERATE_USE_CPU": "true"})
+    run_pretrain_subprocess(args, launcher=two_cpu_processes_launcher(), env={"ACCELERATE_USE_CPU": "true"})
     first, second = run_summary(tmp_path, 0), run_summary(tmp_path, 1)
     assert first["num_processes"] == 2 and first["global_step"] == second["global_step"] == 3
     assert first["samples_seen"] == 3 * 2 * 4

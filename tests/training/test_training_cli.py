@@ -217,23 +217,19 @@ def test_accelerate_launch_on_cpu_that_starts_one_process_is_explained(tmp_path)
 
 
 def test_two_process_evaluation_scores_each_clip_once(tmp_path, demo_data, preprocessing_cache, pretrained_tiny):
-    import socket
-
     import torch
     from accelerate import Accelerator
+
+    from tests.training.test_pretraining import two_cpu_processes_launcher
 
     from pemt import PemtForAudioVisualClassification, PemtProcessor
     from pemt.data.clips import ClipDataset, stack_clips
     from pemt.training.finetune import evaluate_preprocessed
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     output_dir = tmp_path / "two"
     # 24 test clips in batches of 5 per process: the last round is uneven, so Accelerate repeats clips to even it out.
     done = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        [sys.executable, *two_cpu_processes_launcher(),
          "-m", "pemt.training.finetune", "--output_dir", str(output_dir), "--train_dir", str(demo_data),
          "--cache_dir", str(preprocessing_cache), "--model_name_or_path", pretrained_tiny, "--max_steps", "2",
          "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "5", "--report_to", "none",
