@@ -33,6 +33,10 @@ __all__ = ["sample_generator", "ClipDataset", "StreamingClips", "stack_clips", "
 
 # Errors that mean "this file is unreadable" rather than a bug in pemt: the decoder's own, PyAV's and the OS's.
 DECODE_ERRORS = (MediaDecodeError, av.error.FFmpegError, OSError, EOFError)
+# Each clip is decoded on one FFmpeg thread: data-loader workers decode clips side by side, so they are the
+# parallelism, and FFmpeg's frame threads would only add their overhead (~15% more CPU per paper-size clip from
+# prepared shards; benchmarks/bench_data.py).
+DECODER_THREADS = 1
 
 
 def sample_generator(seed: int, epoch: int, key: int | str) -> torch.Generator:
@@ -112,7 +116,7 @@ class ClipDataset(torch.utils.data.Dataset):
         generator = sample_generator(self.seed, self.epoch, index) if self.training else None
         features = self.processor(
             videos=row["video"], training=self.training, num_temporal_views=self.num_temporal_views, generator=generator,
-            do_normalize=self.do_normalize,
+            do_normalize=self.do_normalize, decoder_threads=DECODER_THREADS,
         )
         item = {key: value[0] if self.num_temporal_views == 1 else value for key, value in features.items()}
         item["labels"] = torch.tensor(int(row["label"]) if self.has_labels and row["label"] is not None else -1)
@@ -181,7 +185,9 @@ class StreamingClips(torch.utils.data.IterableDataset):
             name = _describe(row["video"])
             generator = sample_generator(self.seed, self.epoch, name) if self.training else None
             try:
-                features = self.processor(videos=row["video"], training=self.training, generator=generator)
+                features = self.processor(
+                    videos=row["video"], training=self.training, generator=generator, decoder_threads=DECODER_THREADS
+                )
             except DECODE_ERRORS as err:
                 self.skipped += 1
                 _report(self.report_path, name, str(err) or type(err).__name__)

@@ -27,7 +27,7 @@ import datasets
 import torch
 
 from ..model.processing_pemt import PemtProcessor
-from .clips import DECODE_ERRORS, _describe, _report, sample_generator, stack_clips
+from .clips import DECODE_ERRORS, DECODER_THREADS, _describe, _report, sample_generator, stack_clips
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _decode_rows(job: tuple[int, int, list[dict], list[str] | None]) -> tuple[di
         try:
             features = processor(
                 videos=row["video"], training=True, generator=sample_generator(seed, epoch, name),
-                do_normalize=_WORKER["do_normalize"],
+                do_normalize=_WORKER["do_normalize"], decoder_threads=DECODER_THREADS,
             )
         except DECODE_ERRORS as err:
             skipped += 1

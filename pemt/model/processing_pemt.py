@@ -10,7 +10,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from .configuration_pemt import PemtConfig
-from .media_pemt import DecodedSegments, SegmentTiming, MediaDecodeError, VideoSource, open_media
+from .media_pemt import DecodedSegments, MediaDecodeError, SegmentTiming, VideoSource, WindowChooser, open_media
 from .feature_extraction_pemt import PemtFeatureExtractor
 from .video_processing_pemt import PemtVideoProcessor
 
@@ -144,11 +144,14 @@ class PemtProcessor(ProcessorMixin):
         generator: torch.Generator | None = None,
         short_side: int | None = None,
         audio: VideoSource | None = None,
+        decoder_threads: int | None = None,
+        window: WindowChooser | None = None,
     ) -> tuple[DecodedSegments, np.ndarray, str]:
         """Decodes the segments of one clip, all views at once (overlapping views share decoding). Frames come at
         `short_side` (default: the largest the mode's crops need) when the video is larger. With `audio` (a separate
         file, bytes, or dict with `waveform` and `sampling_rate`), the audio of the segments is read from it, at the
-        same times, instead of from `video`.
+        same times, instead of from `video`. `decoder_threads`: see [`open_media`]; `window`: see
+        [`MediaClip.read_segments`].
 
         Returns:
             `(segments, real, name)`: segments `[k * T, ...]` view-major, a boolean `[k * T]` mask of real segments
@@ -156,7 +159,7 @@ class PemtProcessor(ProcessorMixin):
             masks to use: `real` and, in addition, decoded.
         """
         timing = self.timing
-        with open_media(video) as clip:
+        with open_media(video, decoder_threads) as clip:
             if clip.duration < timing.span:
                 starts = [[0.0] * self.num_segments for _ in range(num_temporal_views)]
                 real = np.zeros((num_temporal_views, self.num_segments), dtype=bool)
@@ -169,14 +172,16 @@ class PemtProcessor(ProcessorMixin):
             flat = [s for view in starts for s in view]
             unique = sorted(set(flat))
             short_side = short_side or self.video_processor.storage_side(training)
-            decoded = clip.read_segments(unique, timing, short_side)
+            decoded = clip.read_segments(unique, timing, short_side, window)
             index = [unique.index(s) for s in flat]
             if audio is not None:
-                with open_media(audio) as sound:
+                with open_media(audio, decoder_threads) as sound:
                     separate = sound.read_segments(unique, timing, short_side)
                     if separate.waveform is None:
                         raise MediaDecodeError(f"{sound.name}: given as audio, but it has no audio stream.")
-                decoded = DecodedSegments(decoded.frames, separate.waveform, decoded.video_valid, separate.audio_valid)
+                decoded = DecodedSegments(
+                    decoded.frames, separate.waveform, decoded.video_valid, separate.audio_valid, decoded.window
+                )
             real = real.reshape(-1)
             # Every start distinct and in order (training draws): no reordering, and no copy of the frames (tens of
             # MB at paper size).
@@ -187,6 +192,7 @@ class PemtProcessor(ProcessorMixin):
                 decoded.waveform[pick] if decoded.waveform is not None else None,
                 decoded.video_valid[pick] & real if decoded.frames is not None else None,
                 decoded.audio_valid[pick] & real if decoded.waveform is not None else None,
+                decoded.window,
             )
             return segments, real, clip.name
 
@@ -201,8 +207,22 @@ class PemtProcessor(ProcessorMixin):
         num_spatial_crops: int = 1,
         audio: VideoSource | None = None,
         do_normalize: bool = True,
+        decoder_threads: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        segments, real, name = self.decode(video, training, num_temporal_views, generator, audio=audio)
+        # A training clip with one temporal view has one crop: it is drawn when the first frame is decoded (the same
+        # draw, in the same order, as on whole frames) and only its square is kept, not the whole frame.
+        flips: list[bool] = []
+
+        def training_window(height: int, width: int) -> tuple[int, int, int]:
+            top, left, size, flip = self.video_processor.training_crop(height, width, generator)
+            flips.append(flip)
+            return top, left, size
+
+        one_crop = training and num_temporal_views == 1
+        segments, real, name = self.decode(
+            video, training, num_temporal_views, generator, audio=audio, decoder_threads=decoder_threads,
+            window=training_window if one_crop else None,
+        )
         video_kwargs = {"return_tensors": "pt", "do_normalize": do_normalize}
         count = len(real)
         if segments.frames is None:
@@ -211,6 +231,11 @@ class PemtProcessor(ProcessorMixin):
             crop = self.video_processor.train_crop_size if training else self.video_processor.eval_crop_size
             pixels = torch.zeros(count, 3, self.video_processor.frames_per_segment, crop, crop, dtype=None if do_normalize else torch.uint8)
             visual_segment_mask = torch.zeros(count, dtype=torch.long)
+        elif segments.window is not None:
+            size = segments.window[2]
+            frames = torch.from_numpy(segments.frames)
+            pixels = self.video_processor(frames, training=True, crop=(0, 0, size, flips[0]), **video_kwargs)["pixel_values"]
+            visual_segment_mask = torch.as_tensor(segments.video_valid, dtype=torch.long)
         elif training:
             # One augmentation draw per temporal view: all segments of a view share its crop and flip.
             views = torch.from_numpy(segments.frames).unflatten(0, (num_temporal_views, self.num_segments))
@@ -250,9 +275,11 @@ class PemtProcessor(ProcessorMixin):
                 per_crop, (pixels, audio, visual_segment_mask, audio_segment_mask)
             )
             real = np.tile(real.reshape(num_temporal_views, 1, -1), (1, num_spatial_crops, 1)).reshape(-1)
-        # Padding and undecodable segments are zeros whatever the decoder gave for them.
-        pixels[visual_segment_mask == 0] = 0
-        audio[audio_segment_mask == 0] = 0
+        # Padding and undecodable segments are zeros whatever the decoder gave for them. Row by row: a boolean-mask
+        # assignment costs ~5 ms on a paper-size clip even when it selects nothing, and usually nothing is masked.
+        for values, mask in ((pixels, visual_segment_mask), (audio, audio_segment_mask)):
+            for row in torch.nonzero(mask == 0).flatten().tolist():
+                values[row] = 0
         return {"pixel_values": pixels, "audio_values": audio, "visual_segment_mask": visual_segment_mask, "audio_segment_mask": audio_segment_mask}
 
     def __call__(
@@ -268,6 +295,7 @@ class PemtProcessor(ProcessorMixin):
         audio: VideoSource | np.ndarray | torch.Tensor | Sequence | None = None,
         sampling_rate: int | None = None,
         do_normalize: bool = True,
+        decoder_threads: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -291,6 +319,9 @@ class PemtProcessor(ProcessorMixin):
             do_normalize (`bool`, *optional*, defaults to `True`): `False` returns `pixel_values` as uint8 (0-255, the
                 same layout, masked segments 0) for [`PemtVideoProcessor.normalize`] to finish on the training
                 device: a quarter of the bytes through data-loader queues, and no float work in the workers.
+            decoder_threads (`int`, *optional*): threads FFmpeg decodes each video with; `None` (default) lets it
+                choose, the fastest for one clip; `1` costs the least CPU per clip, for data-loader workers that
+                decode many clips side by side.
 
         Returns:
             [`BatchFeature`] with `pixel_values` `[B * k, T, 3, F, crop, crop]`, `audio_values`
@@ -319,7 +350,7 @@ class PemtProcessor(ProcessorMixin):
         clips = [
             self._clip_features(
                 v, training, num_temporal_views, require_audio, require_video, generator, num_spatial_crops, audio=a,
-                do_normalize=do_normalize,
+                do_normalize=do_normalize, decoder_threads=decoder_threads,
             )
             for v, a in zip(videos, sounds)
         ]

@@ -186,14 +186,16 @@ class PemtVideoProcessor(VideoProcessorMixin):
         flip = self.horizontal_flip and bool(torch.rand((), generator=generator) < 0.5)
         return top, left, size, flip
 
-    def crop_and_resize(self, frames: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
-        """The `size` square at `(top, left)` of frames `[N, H, W, 3]`, resized to `train_crop_size` (bilinear,
-        antialiased; uint8 stays uint8)."""
+    def crop_and_resize(self, frames: torch.Tensor, top: int, left: int, size: int, flip: bool = False) -> torch.Tensor:
+        """The `size` square at `(top, left)` of frames `[N, H, W, 3]`, mirrored if `flip`, resized to
+        `train_crop_size` (bilinear, antialiased; uint8 stays uint8)."""
         window = self.crop(frames, size, top, left)
         crop = self.train_crop_size
+        # The fast uint8 kernel wants channels-last contiguous input, and a window of a frame is not: the copy that
+        # makes it so also mirrors it. (The resize commutes with mirroring: the same values, bit for bit.)
+        window = window.flip(2) if flip else window
         if size == crop:
             return window
-        # The fast uint8 kernel wants channels-last contiguous input; a window of a frame is not.
         images = window.contiguous().permute(0, 3, 1, 2)
         if images.dtype != torch.uint8:
             images = images.float()
@@ -201,13 +203,15 @@ class PemtVideoProcessor(VideoProcessorMixin):
         return resized.permute(0, 2, 3, 1)
 
     def _training_view(
-        self, frames: torch.Tensor, generator: torch.Generator | None
+        self,
+        frames: torch.Tensor,
+        generator: torch.Generator | None,
+        crop: tuple[int, int, int, bool] | None = None,
     ) -> torch.Tensor:
         """Frames `[N, H, W, 3]` -> `[N, crop, crop, 3]`: one random scale, crop and flip for all of them
-        ([`training_crop`]), cropped before resizing."""
-        top, left, size, flip = self.training_crop(*frames.shape[1:3], generator)
-        view = self.crop_and_resize(frames, top, left, size)
-        return view.flip(2) if flip else view
+        ([`training_crop`], unless `crop` gives one already drawn), cropped before resizing."""
+        top, left, size, flip = crop if crop is not None else self.training_crop(*frames.shape[1:3], generator)
+        return self.crop_and_resize(frames, top, left, size, flip)
 
     def normalize(self, pixel_values: torch.Tensor, segment_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised `pixel_values` (`do_normalize=False`: uint8 `[..., 3, F, h, w]`) -> the model's float input,
@@ -250,6 +254,7 @@ class PemtVideoProcessor(VideoProcessorMixin):
         spatial_crop: int | None = None,
         num_spatial_crops: int = 1,
         do_normalize: bool = True,
+        crop: tuple[int, int, int, bool] | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -266,6 +271,9 @@ class PemtVideoProcessor(VideoProcessorMixin):
             do_normalize (`bool`, *optional*, defaults to `True`): scale and normalise to float. With `False`, the
                 crops keep the frames' dtype (uint8 `[0, 255]` for decoded video), in the same layout; [`normalize`]
                 finishes them later, e.g. on the training device.
+            crop (`tuple[int, int, int, bool]`, *optional*): training: the view `(top, left, size, flip)` drawn
+                already by [`training_crop`], used instead of a new draw; `(0, 0, size, flip)` for frames that are
+                that square already (cut while decoding).
 
         Returns:
             [`BatchFeature`] with `pixel_values` `[S, 3, F, crop, crop]`.
@@ -276,7 +284,7 @@ class PemtVideoProcessor(VideoProcessorMixin):
         # All frames of the clip are resized in one call: one size serves them all in both modes.
         flat = segments.reshape(-1, *segments.shape[-3:])
         if training:
-            views = self._training_view(flat, generator)
+            views = self._training_view(flat, generator, crop)
         else:
             resized = self.resize_short_side(flat, self.eval_short_side)
             size = self.eval_crop_size

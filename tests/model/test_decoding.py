@@ -182,3 +182,38 @@ def test_real_media_spoken_digits():
         assert not clip.has_video and clip.duration > 0.2
         waveform = clip.read_segments([0.0], TIMING).waveform
     assert np.abs(waveform).max() > 0.01
+
+
+def test_one_decoder_thread_gives_the_frames_of_ffmpegs_own_choice(tmp_path):
+    # Data-loader workers decode on one thread (the CPU-cheapest); the frames must not depend on it.
+    path = write_media(tmp_path / "t.mp4", seconds=4.0, fps=25, size=(48, 64), sample_rate=16000, gop=12, textured=True)
+    starts = [0.3, 1.7, 2.9]
+    with open_media(path) as clip:
+        automatic = clip.read_segments(starts, TIMING)
+        assert clip.video_stream.codec_context.thread_count != 1
+    with open_media(path, decoder_threads=1) as clip:
+        single = clip.read_segments(starts, TIMING)
+        assert clip.video_stream.codec_context.thread_count == 1
+    assert np.array_equal(single.frames, automatic.frames) and np.array_equal(single.waveform, automatic.waveform)
+    # Negative control: other starts give other frames.
+    with open_media(path, decoder_threads=1) as clip:
+        assert not np.array_equal(clip.read_segments([0.5, 1.9, 3.1], TIMING).frames, automatic.frames)
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_audio_samples_are_read_from_the_frames_without_a_copy_unchanged(tmp_path, rate):
+    """The span's samples are taken straight from each mono float frame's buffer (at the file's rate: no resampler;
+    at another: the resampler's frames); they must be `to_ndarray`'s values."""
+    import av
+
+    from pemt.model.media_pemt import _mono_samples
+
+    path = write_media(tmp_path / "a.mp4", seconds=2.0, video=False, sample_rate=16000, channels=1)
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        frames = [out for frame in container.decode(audio=0) for out in resampler.resample(frame)]
+    assert len(frames) > 5
+    for frame in frames:
+        assert np.array_equal(_mono_samples(frame), frame.to_ndarray().reshape(-1))
+    # Negative control: neighbouring frames hold other samples (the tone moves on).
+    assert not np.array_equal(_mono_samples(frames[3]), _mono_samples(frames[4]))

@@ -63,3 +63,92 @@ def test_uint8_output_normalised_later_equals_the_float_output(seed):
     assert (other - as_float).abs().mean() > 0.1
     with pytest.raises(ValueError, match="already normalised"):
         video.normalize(as_float)
+
+
+def test_mirroring_is_fused_into_the_crop_copy_with_the_same_values():
+    video = PemtVideoProcessor()
+    frames = noise_frames(count=3, height=160, width=284)
+    fused = video.crop_and_resize(frames, top=10, left=50, size=131, flip=True)
+    assert torch.equal(fused, video.crop_and_resize(frames, top=10, left=50, size=131).flip(2))
+    # Also where no resize is needed (a square already of the crop's size).
+    assert torch.equal(video.crop_and_resize(frames, 5, 7, 112, flip=True), frames[:, 5:117, 7:119].flip(2))
+    # Negative control: the mirrored view is not the plain one.
+    assert (fused.int() - video.crop_and_resize(frames, 10, 50, 131).int()).abs().float().mean() > 10
+
+
+def _whole_frame_training_sample(processor, source, seed: int, shifted: bool = False):
+    """The training sample as it was made before crops were cut while decoding: whole frames decoded, then the crop
+    drawn on them, then SpecAugment, all from one generator in that order. `shifted` moves the crop a pixel
+    sideways (a negative control)."""
+    generator = torch.Generator().manual_seed(seed)
+    segments, _, _ = processor.decode(source, training=True, generator=generator)
+    assert segments.window is None and min(segments.frames.shape[2:4]) == 24  # whole frames, at the storage side
+    top, left, size, flip = processor.video_processor.training_crop(*segments.frames.shape[2:4], generator)
+    if shifted:
+        left += 1 if left + size < segments.frames.shape[3] else -1
+    pixels = processor.video_processor(
+        torch.from_numpy(segments.frames), training=True, crop=(top, left, size, flip),
+        return_tensors="pt", do_normalize=False,
+    )["pixel_values"]
+    audio = processor.feature_extractor(segments.waveform, training=True, generator=generator, return_tensors="pt")["audio_values"]
+    return pixels, audio
+
+
+@pytest.mark.parametrize("kind", ["mp4", "rotated mp4", "arrays"])
+def test_a_crop_cut_while_decoding_equals_the_crop_of_whole_frames(tmp_path, kind):
+    """Training with one temporal view draws its crop when the first frame is decoded and keeps only that square of
+    every frame; the sample must be the one whole frames gave: same crop, same flip, same SpecAugment draws."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from media_fixtures import frame_pattern, write_media
+
+    from pemt.model.configuration_pemt import PemtConfig
+    from pemt.model.processing_pemt import PemtProcessor
+
+    processor = PemtProcessor.from_model_config(PemtConfig.from_preset("tiny"))  # storage side 24, crop 16
+    shape = (24, 30)
+    if kind.endswith("mp4"):
+        # Rotated: a phone's portrait clip, stored landscape; the crop is drawn on the upright picture.
+        rotation = 90 if kind.startswith("rotated") else 0
+        shape = (30, 24) if rotation else shape
+        source = str(write_media(tmp_path / "clip.mp4", seconds=4.0, fps=10, size=(48, 60), sample_rate=8000,
+                                 textured=True, rotation=rotation))
+    else:
+        texture = np.random.default_rng(1).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+        frames = np.stack([frame_pattern(i, 24, 30, texture) for i in range(40)])
+        tone = np.sin(np.arange(32000) * 0.07).astype(np.float32)
+        source = {"frames": frames, "video_fps": 10.0, "waveform": tone, "sampling_rate": 8000}
+    flips = set()
+    for seed in range(6):
+        # The fast path is really taken: the decoder hands back only the drawn square.
+        chosen = []
+        segments, _, _ = processor.decode(
+            source, training=True, generator=torch.Generator().manual_seed(seed),
+            window=lambda h, w: chosen.append((h, w)) or (1, 2, 20),
+        )
+        assert chosen == [shape] and segments.window == (1, 2, 20) and segments.frames.shape[2:4] == (20, 20)
+
+        windows = []
+        decode = processor.decode
+
+        def spy(*args, **kwargs):
+            decoded = decode(*args, **kwargs)
+            windows.append(decoded[0].window)
+            return decoded
+
+        processor.decode = spy
+        sample = processor(videos=source, training=True, generator=torch.Generator().manual_seed(seed), do_normalize=False)
+        del processor.decode
+        assert windows[0] is not None  # the processor took the square while decoding
+        pixels, audio = _whole_frame_training_sample(processor, source, seed)
+        assert torch.equal(sample["pixel_values"][0], pixels) and torch.equal(sample["audio_values"][0], audio)
+        flips.add(processor.video_processor.training_crop(*shape, torch.Generator().manual_seed(seed))[3])
+        # Negative control: the crop one pixel to the side is another sample.
+        shifted, _ = _whole_frame_training_sample(processor, source, seed, shifted=True)
+        assert not torch.equal(sample["pixel_values"][0], shifted)
+    # Seeds cover both mirrored and plain views: the flip travels with the crop drawn while decoding.
+    assert flips == {True, False}
