@@ -17,7 +17,7 @@ import torch
 
 from pemt.data.clips import read_report, sample_generator
 from pemt.data.loading import from_hub_dataset, from_hub_stream, label_names
-from pemt.data.streaming import StreamedBatches, split_stream, stream_num_rows
+from pemt.data.streaming import StreamedBatches, split_stream
 from pemt.model.configuration_pemt import PemtConfig
 from pemt.model.processing_pemt import PemtProcessor
 from tests.media_fixtures import write_media
@@ -81,7 +81,6 @@ def test_a_streamed_data_set_is_read_undecoded_with_its_columns_and_classes(repo
     assert label_names(stream) == dict(enumerate(CLASSES))
     first = next(iter(stream))
     assert first["video"]["path"] == "clip0.mp4" and first["video"]["bytes"][4:8] == b"ftyp" and first["label"] == 0
-    assert stream_num_rows(stream) is None  # local parquet files record no size: a run needs --max_steps
     with pytest.raises(ValueError, match="no column 'movie'"):
         from_hub_stream(datasets.load_dataset(str(repo), split="train", streaming=True), video_column="movie")
     # String labels have no class list a stream could give without being read to its end.
@@ -251,3 +250,52 @@ def test_a_batch_of_which_no_clip_can_be_read_stops_with_an_error_naming_its_cli
     root = write_hub_repo(tmp_path / "repo", videos, [0, 1], [2])
     with pytest.raises(RuntimeError, match=r"No clip of a batch could be read \(bad0.mp4, bad1.mp4\)"):
         batches(split_stream(open_stream(root)), processor, 1, continuous=True)
+
+
+CARD = """---
+dataset_info:
+  features:
+  - name: clip
+    dtype: video
+  - name: kind
+    dtype:
+      class_label:
+        names:
+          '0': low
+          '1': high
+  splits:
+  - name: train
+    num_bytes: 0
+    num_examples: 8
+---
+"""
+
+
+def test_an_epoch_is_the_row_count_the_card_records_and_without_one_max_steps_is_needed(repo, processor, tmp_path):
+    from types import SimpleNamespace
+
+    from pemt.errors import PemtUsageError
+    from pemt.training.data_setup import UNCOUNTED_EPOCH_BATCHES, DataArguments, load_streamed_splits, streamed_training_batches
+
+    def epoch_batches(root: Path, num_train_epochs: float | None, batch_size: int = 2) -> int:
+        args = DataArguments(dataset_name=str(root), streaming=True, video_column="clip", label_column="kind")
+        train, _ = load_streamed_splits(args)
+        process = SimpleNamespace(process_index=1, num_processes=2)
+        loader = streamed_training_batches(args, train, processor, process, 0, batch_size, 0, tmp_path / "skipped.jsonl",
+                                           num_train_epochs)
+        return len(loader)
+
+    # Local files record no size (a folder of its own: `datasets` keeps the sizes it learnt when another test loaded
+    # `repo` whole): the run is one epoch that --max_steps ends, and counting epochs is refused.
+    bare, carded = tmp_path / "bare", tmp_path / "carded"
+    for root in (bare, carded):
+        root.mkdir()
+        (root / "data").symlink_to(repo / "data")
+    assert epoch_batches(bare, None) == UNCOUNTED_EPOCH_BATCHES
+    with pytest.raises(PemtUsageError, match="give --max_steps instead of --num_train_epochs"):
+        epoch_batches(bare, 1.0)
+    # The same files with a card that records 8 rows: 8 rows / (2 processes x 2 clips) = 2 batches per epoch.
+    (carded / "README.md").write_text(CARD)
+    assert epoch_batches(carded, 1.0) == 2
+    with pytest.raises(PemtUsageError, match="give no full batch of 5"):
+        epoch_batches(carded, 1.0, batch_size=5)
