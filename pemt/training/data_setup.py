@@ -149,11 +149,7 @@ def load_streamed_splits(args: DataArguments) -> tuple[datasets.IterableDataset,
     train = open_stream(args, args.train_split, "--train_split")
     evaluation = load_eval_files(args)
     if evaluation is None and args.eval_split:
-        # Streamed as well and written to a local Arrow file: `load_dataset(name, split=...)` would download and
-        # prepare every split of the data set, the training split included.
-        stream = open_stream(args, args.eval_split, "--eval_split")
-        evaluation = datasets.Dataset.from_generator(_rows_of, features=stream.features, gen_kwargs={"stream": stream})
-        evaluation = from_hub_dataset(evaluation)
+        evaluation = load_streamed_split(args, args.eval_split)
     if evaluation is not None and "label" in train.column_names and isinstance(train.features["label"], datasets.ClassLabel):
         source = args.eval_dir or args.eval_file or f"--dataset_name {args.dataset_name} --eval_split {args.eval_split}"
         evaluation = align_labels(evaluation, dict(enumerate(train.features["label"].names)), source=source)
@@ -168,6 +164,15 @@ def open_stream(args: DataArguments, split: str, option: str) -> datasets.Iterab
         return from_hub_stream(stream, args.video_column, args.label_column, source=f"--dataset_name {name}")
     except ValueError as err:  # an unknown split (datasets lists the splits) or a missing column
         raise PemtUsageError(f"--dataset_name {name} {option} {split}: {err}") from None
+
+
+def load_streamed_split(args: DataArguments, split: str) -> datasets.Dataset:
+    """Split `split` of `--dataset_name` (an evaluation split), streamed once into a local Arrow file:
+    `load_dataset(name, split=...)` would download and prepare every split of the data set, the training split
+    included."""
+    stream = open_stream(args, split, "--eval_split")
+    rows = datasets.Dataset.from_generator(_rows_of, features=stream.features, gen_kwargs={"stream": stream})
+    return from_hub_dataset(rows)
 
 
 def _rows_of(stream: datasets.IterableDataset):

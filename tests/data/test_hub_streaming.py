@@ -240,9 +240,17 @@ def test_the_command_line_streams_the_training_split_and_reads_only_the_named_ev
     assert [v["path"] for v in evaluation["video"]] == [v["path"] for v in videos[4:]]
     # Only the evaluation split was written to the cache; the training split was never prepared.
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == ["generator"]  # (and lock files)
+    # `pemt evaluate --dataset_name ... --streaming --eval_split test` reads the same rows the same way.
+    from pemt.training.evaluate import load_evaluation_set
+
+    assert list(load_evaluation_set(args)["video"]) == list(evaluation["video"])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == ["generator"]
     args.eval_split = "validation"
     with pytest.raises(PemtUsageError, match="--eval_split validation: Bad split"):
         load_streamed_splits(args)
+    args.eval_split = None
+    with pytest.raises(PemtUsageError, match="name the split with --eval_split"):
+        load_evaluation_set(args)
 
 
 def test_a_batch_of_which_no_clip_can_be_read_stops_with_an_error_naming_its_clips(tmp_path, processor):
