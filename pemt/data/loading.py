@@ -31,6 +31,7 @@ __all__ = [
     "load_prepared",
     "load_video_list",
     "from_hub_dataset",
+    "from_hub_stream",
     "preprocess_dataset",
     "collate",
     "label_names",
@@ -203,10 +204,45 @@ def from_hub_dataset(dataset: datasets.Dataset, video_column: str = "video", lab
     return dataset
 
 
+def from_hub_stream(
+    stream: datasets.IterableDataset, video_column: str = "video", label_column: str = "label", source: str = "the stream"
+) -> datasets.IterableDataset:
+    """A streamed data set (`load_dataset(..., streaming=True)`) as `video` (+ `label`) rows, nothing downloaded.
+
+    The video column may hold paths, `{"path", "bytes"}` values or a `Video` feature (read undecoded, so that PyAV
+    seeks in it). A `ClassLabel` label column keeps its class names; a column of strings is kept as it is (a stream
+    cannot be scanned for its classes first: fine-tuning needs a `ClassLabel`); without a label column the rows are
+    pretraining data. Other columns are dropped, so that they are not carried to the decoding workers.
+
+    Raises:
+        `ValueError`: the stream has no column `video_column`; the message names `source` and its columns.
+    """
+    if stream.features is None:
+        # Some builders (JSON, generators) learn their columns from the first row only.
+        stream = stream._resolve_features()
+    columns = list(stream.features)
+    if video_column not in columns:
+        raise ValueError(
+            f"{source}: no column {video_column!r} (it has {columns}); name the videos with --video_column."
+        )
+    keep = [video_column] + ([label_column] if label_column in columns else [])
+    stream = stream.select_columns(keep)
+    if isinstance(stream.features[video_column], datasets.Video):
+        stream = stream.cast_column(video_column, datasets.Video(decode=False))
+    renames = {old: new for old, new in zip(keep, ("video", "label")) if old != new}
+    return stream.rename_columns(renames) if renames else stream
+
+
 def label_names(dataset: datasets.Dataset | datasets.DatasetDict) -> dict[int, str]:
     """`id2label` of a data set built here (or any with a `ClassLabel` `label` column)."""
     if isinstance(dataset, datasets.DatasetDict):
         dataset = next(iter(dataset.values()))
+    if isinstance(dataset, datasets.IterableDataset) and "label" in dataset.column_names:
+        if not isinstance(dataset.features["label"], datasets.ClassLabel):
+            raise ValueError(
+                "The streamed clips' labels are not a ClassLabel, so their classes are not known without reading the "
+                "whole stream; give the data set a ClassLabel label column (its class names) to fine-tune on it."
+            )
     if "label" not in dataset.column_names:
         raise ValueError("The clips have no labels (a flat folder, or a list without a label column); classification "
                          "needs class folders or labels.")

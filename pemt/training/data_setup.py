@@ -7,7 +7,8 @@ Two ways to feed a run (`--data_mode`):
   `(seed, epoch, clip)` so that a killed run resumes exactly. Memory does not grow with the data set. Workers hand
   over uint8 crops; they are normalised on the training device (`normalize_pixels` in the loop's `prepare_batch`).
   With `--streaming`, the clips are read as a `datasets` stream instead, each process its part
-  (`pemt.data.streaming`).
+  (`pemt.data.streaming`); with `--dataset_name` the training split is opened with
+  `load_dataset(..., streaming=True)` and never downloaded as a whole.
 - `in_memory`: every clip is decoded once, at fixed segment placement, into uint8 tensors cached by `datasets`;
   only crops and SpecAugment change between epochs. It earns its place for tiny data sets only: an epoch of the
   demo data (96 clips, small preset) costs 0.15 CPU-s after a one-off 1.26 CPU-s decode, against 0.89 CPU-s from
@@ -28,8 +29,11 @@ import torch
 from accelerate import Accelerator
 
 from ..data.clips import ClipDataset, normalize_pixels, stack_clips
-from ..data.streaming import StreamedBatches, rows_per_process, split_stream
-from ..data.loading import align_labels, collate, from_hub_dataset, label_names, load_video_folder, load_video_list, preprocess_dataset
+from ..data.streaming import StreamedBatches, rows_per_process, split_stream, stream_num_rows
+from ..data.loading import (
+    align_labels, collate, from_hub_dataset, from_hub_stream, label_names, load_video_folder, load_video_list,
+    preprocess_dataset,
+)
 from ..errors import PemtUsageError
 from ..model.processing_pemt import PemtProcessor
 
@@ -71,7 +75,9 @@ class DataArguments:
         default=False,
         metadata={"help": "on_the_fly: read the training clips as a datasets stream (IterableDataset), each process its "
                   "part (split_dataset_by_node), the epoch's length from the number of clips; resuming skips the "
-                  "consumed clips without decoding them."},
+                  "consumed clips without decoding them. With --dataset_name, the training split is opened with "
+                  "load_dataset(..., streaming=True) and never downloaded: an epoch is the rows its info records "
+                  "(else give --max_steps); the evaluation split is read only when --eval_split names it."},
     )
     streaming_shuffle_buffer: int = field(
         default=1000, metadata={"help": "--streaming: clips shuffled in a buffer of this size, anew every epoch (0: in order)."}
@@ -135,6 +141,56 @@ def load_hub_splits(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dat
     return train, evaluation
 
 
+def load_streamed_splits(args: DataArguments) -> tuple[datasets.IterableDataset, datasets.Dataset | None]:
+    """`--streaming --dataset_name`: the training split opened with `load_dataset(..., streaming=True)` (read as it
+    is trained on, never downloaded as a whole) and the evaluation clips of `--eval_dir` / `--eval_file`, or of the
+    split `--eval_split` names (no split is guessed), read once into a local Arrow file (evaluation reads each clip
+    several times, in any order); their labels are numbered by name onto the training split's classes."""
+    train = open_stream(args, args.train_split, "--train_split")
+    evaluation = load_eval_files(args)
+    if evaluation is None and args.eval_split:
+        evaluation = load_streamed_split(args, args.eval_split)
+    if evaluation is not None and "label" in train.column_names and isinstance(train.features["label"], datasets.ClassLabel):
+        source = args.eval_dir or args.eval_file or f"--dataset_name {args.dataset_name} --eval_split {args.eval_split}"
+        evaluation = align_labels(evaluation, dict(enumerate(train.features["label"].names)), source=source)
+    return train, evaluation
+
+
+def open_stream(args: DataArguments, split: str, option: str) -> datasets.IterableDataset:
+    """Split `split` of `--dataset_name` as `video` (+ `label`) rows of a stream; errors name the option."""
+    name = args.dataset_name
+    try:
+        stream = datasets.load_dataset(name, args.dataset_config_name, split=split, streaming=True)
+        return from_hub_stream(stream, args.video_column, args.label_column, source=f"--dataset_name {name}")
+    except ValueError as err:  # an unknown split (datasets lists the splits) or a missing column
+        raise PemtUsageError(f"--dataset_name {name} {option} {split}: {err}") from None
+
+
+def load_streamed_split(args: DataArguments, split: str) -> datasets.Dataset:
+    """Split `split` of `--dataset_name` (an evaluation split), streamed once into a local Arrow file:
+    `load_dataset(name, split=...)` would download and prepare every split of the data set, the training split
+    included."""
+    stream = open_stream(args, split, "--eval_split")
+    rows = datasets.Dataset.from_generator(_rows_of, features=stream.features, gen_kwargs={"stream": stream})
+    return from_hub_dataset(rows)
+
+
+def _rows_of(stream: datasets.IterableDataset):
+    yield from stream
+
+
+def load_eval_files(args: DataArguments) -> datasets.Dataset | None:
+    """The evaluation clips `--eval_dir` or `--eval_file` name, if either does."""
+    if args.eval_dir:
+        loaded = load_video_folder(args.eval_dir)
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded[next(s for s in (*EVALUATION_SPLITS, "train") if s in loaded)]
+        return loaded
+    if args.eval_file:
+        return load_video_list(args.eval_file)
+    return None
+
+
 def load_raw_splits(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The training and (optional) evaluation splits as `video`/`label` data sets."""
     evaluation = None
@@ -153,13 +209,7 @@ def load_raw_splits(args: DataArguments) -> tuple[datasets.Dataset, datasets.Dat
         train = load_video_list(args.train_file)
     else:
         raise PemtUsageError("Give the training clips with --train_dir, --train_file or --dataset_name.")
-    if args.eval_dir:
-        loaded = load_video_folder(args.eval_dir)
-        if isinstance(loaded, datasets.DatasetDict):
-            loaded = loaded[next(s for s in (*EVALUATION_SPLITS, "train") if s in loaded)]
-        evaluation = loaded
-    elif args.eval_file:
-        evaluation = load_video_list(args.eval_file)
+    evaluation = load_eval_files(args) or evaluation
     if evaluation is not None:
         # The model's classes are the training set's: the evaluation set is numbered by name onto them.
         evaluation = align_labels(evaluation, label_names(train), source=args.eval_dir or args.eval_file or args.dataset_name or args.train_dir)
@@ -179,7 +229,8 @@ class TrainingData:
         evaluation (`torch.utils.data.Dataset`, *optional*): evaluation items, fixed placement.
         eval_collate_fn (`Callable`): evaluation items -> model inputs with `labels`.
         raw_train, raw_eval (`datasets.Dataset`): the `video` (+ `label`) splits, for label names and evaluations
-            that read the files themselves.
+            that read the files themselves (`raw_train` is a `datasets.IterableDataset` with `--streaming
+            --dataset_name`).
     """
 
     train: torch.utils.data.Dataset
@@ -187,17 +238,22 @@ class TrainingData:
     to_batch: Callable[[Any], dict]
     evaluation: torch.utils.data.Dataset | None
     eval_collate_fn: Callable
-    raw_train: datasets.Dataset
+    raw_train: datasets.Dataset | datasets.IterableDataset
     raw_eval: datasets.Dataset | None
 
 
 def setup_data(
     args: DataArguments, output_dir: str | Path, processor: PemtProcessor, accelerator: Accelerator, seed: int,
-    batch_size: int | None = None, num_workers: int = 0,
+    batch_size: int | None = None, num_workers: int = 0, num_train_epochs: float | None = None,
 ) -> TrainingData:
-    """The data of a run, as `args.data_mode` asks (see the module docstring). `batch_size` (per process) and
-    `num_workers` serve `--streaming`, whose data set makes its batches itself."""
-    raw_train, raw_eval = load_raw_splits(args)
+    """The data of a run, as `args.data_mode` asks (see the module docstring). `batch_size` (per process),
+    `num_workers` and `num_train_epochs` (whether the run counts epochs) serve `--streaming`, whose data set makes
+    its batches itself."""
+    if args.streaming and args.dataset_name:
+        with accelerator.main_process_first():  # one process writes the evaluation split's Arrow file
+            raw_train, raw_eval = load_streamed_splits(args)
+    else:
+        raw_train, raw_eval = load_raw_splits(args)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.data_mode == "in_memory":
@@ -214,7 +270,7 @@ def setup_data(
     # before the forward pass (a quarter of the bytes through the loader, and ~30 ms less per paper-size sample).
     if args.streaming:
         train = streamed_training_batches(args, raw_train, processor, accelerator, seed, batch_size, num_workers,
-                                          output_dir / f"skipped_train{suffix}.jsonl")
+                                          output_dir / f"skipped_train{suffix}.jsonl", num_train_epochs)
     else:
         train = ClipDataset(
             raw_train, processor, training=True, seed=seed, report_path=output_dir / f"skipped_train{suffix}.jsonl",
@@ -227,23 +283,62 @@ def setup_data(
     return TrainingData(train, stack_clips, to_batch, evaluation, stack_clips, raw_train, raw_eval)
 
 
+# The batches of one training-loop epoch over a stream whose length is not known: the run is one such epoch that
+# `--max_steps` ends (the loop stops at its last step, not at an epoch's end).
+UNCOUNTED_EPOCH_BATCHES = 2**40
+
+
 def streamed_training_batches(
-    args: DataArguments, raw_train: datasets.Dataset, processor: PemtProcessor, accelerator: Accelerator, seed: int,
-    batch_size: int | None, num_workers: int, report_path: Path,
+    args: DataArguments, raw_train: datasets.Dataset | datasets.IterableDataset, processor: PemtProcessor,
+    accelerator: Accelerator, seed: int, batch_size: int | None, num_workers: int, report_path: Path,
+    num_train_epochs: float | None = None,
 ) -> StreamedBatches:
-    """`--streaming`: this process's part of the training clips as a stream, in batches of `batch_size`; an epoch
-    is as many batches as the smallest part fills (the same in every process)."""
+    """`--streaming`: this process's part of the training clips as a stream, in batches of `batch_size`.
+
+    A map-style data set (its length known): an epoch is as many batches as the smallest part fills (the same in
+    every process). A `datasets.IterableDataset` (`load_dataset(..., streaming=True)`): each process reads its part
+    pass after pass ([`StreamedBatches`] `continuous`), so that every process fills every step whatever its shards
+    hold; an epoch is the split's rows as its info records them, divided by processes x batch size, and a run of
+    unknown length is ended by `--max_steps` (`--num_train_epochs` is refused). Each process records the rows of
+    its passes in the run folder (`stream_passes_process<i>.json`), so that a resumed run reads at most one pass
+    again."""
     if not batch_size:
         raise ValueError("--streaming needs the per-process batch size.")
     world = accelerator.num_processes
     stream = split_stream(raw_train, accelerator.process_index, world, seed, shuffle_buffer=args.streaming_shuffle_buffer)
-    num_batches = rows_per_process(len(raw_train), world) // batch_size
+    continuous = isinstance(raw_train, datasets.IterableDataset)
+    if continuous:
+        num_rows = stream_num_rows(raw_train, args.train_split)
+        if num_rows is None:
+            if num_train_epochs is not None:
+                raise PemtUsageError(
+                    f"--streaming: the number of rows of {args.dataset_name or 'the stream'} is not recorded in its "
+                    "info, so an epoch is not defined; give --max_steps instead of --num_train_epochs."
+                )
+            num_batches = UNCOUNTED_EPOCH_BATCHES
+        else:
+            num_batches = num_rows // (world * batch_size)
+    else:
+        num_rows = len(raw_train)
+        num_batches = rows_per_process(num_rows, world) // batch_size
     if num_batches == 0:
         raise PemtUsageError(
-            f"--streaming: {len(raw_train)} training clip(s) over {world} process(es) give no full batch of {batch_size}; "
+            f"--streaming: {num_rows} training clip(s) over {world} process(es) give no full batch of {batch_size}; "
             "lower --per_device_train_batch_size."
         )
-    return StreamedBatches(stream, processor, batch_size, num_batches, seed, num_workers, report_path)
+    if not continuous:
+        return StreamedBatches(stream, processor, batch_size, num_batches, seed, num_workers, report_path)
+    # The rows of each finished pass, per process, so that a resumed process starts at the pass holding its next
+    # batch (they depend on what decides the stream's split and order, the key).
+    key = {
+        "dataset": args.dataset_name, "config": args.dataset_config_name, "split": args.train_split, "seed": seed,
+        "shuffle_buffer": args.streaming_shuffle_buffer, "process": accelerator.process_index, "processes": world,
+    }
+    record = report_path.with_name(f"stream_passes_process{accelerator.process_index}.json")
+    return StreamedBatches(
+        stream, processor, batch_size, num_batches, seed, num_workers, report_path, continuous=True,
+        pass_record=record, stream_key=key,
+    )
 
 
 def preprocess_splits(

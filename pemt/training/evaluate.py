@@ -122,6 +122,12 @@ def load_evaluation_set(data_args: DataArguments) -> datasets.Dataset:
         return loaded
     if data_args.eval_file:
         return load_video_list(data_args.eval_file)
+    if data_args.dataset_name and data_args.streaming:  # only the named split is read, never the training split
+        from .data_setup import load_streamed_split
+
+        if not data_args.eval_split:
+            raise PemtUsageError(f"--dataset_name {data_args.dataset_name} --streaming: name the split with --eval_split.")
+        return load_streamed_split(data_args, data_args.eval_split)
     if data_args.dataset_name:
         train, evaluation = load_hub_splits(data_args)
         if evaluation is None:

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     prepare_output_dir(accelerator, args, fingerprint)
     data = setup_data(
         data_args, args.output_dir, processor, accelerator, args.seed, args.per_device_train_batch_size,
-        args.dataloader_num_workers,
+        args.dataloader_num_workers, args.num_train_epochs,
     )
     raw_train, raw_eval = data.raw_train, data.raw_eval
     model = build_model(model_args, task, label_names(raw_train), model_overrides)

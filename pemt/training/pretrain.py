@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     prepare_output_dir(accelerator, args, fingerprint)
     data = setup_data(
         data_args, args.output_dir, processor, accelerator, args.seed, args.per_device_train_batch_size,
-        args.dataloader_num_workers,
+        args.dataloader_num_workers, args.num_train_epochs,
     )
     if not model_args.model_name_or_path:
         model = PemtForPreTraining(config)

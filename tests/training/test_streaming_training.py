@@ -62,3 +62,53 @@ def test_streaming_does_not_combine_with_in_memory_data():
     with pytest.raises(PemtUsageError, match="--streaming .* --data_mode in_memory"):
         DataArguments(train_dir="x", streaming=True, data_mode="in_memory")
     DataArguments(train_dir="x", streaming=True)  # on the fly: accepted
+
+
+# -- a data set opened with load_dataset(..., streaming=True) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub_repo(demo_data, tmp_path_factory) -> Path:
+    """16 demo clips and one corrupt row, as a folder laid out like a Hub data set (parquet shards with a `Video`
+    and a `ClassLabel` column), which `--dataset_name PATH --streaming` opens as an `IterableDataset` like a Hub id."""
+    from tests.data.test_hub_streaming import write_hub_repo
+
+    paths = sorted((demo_data / "train").glob("*/*.mp4"))[::4]
+    videos = [{"bytes": path.read_bytes(), "path": path.name} for path in paths] + [{"bytes": b"\0" * 64, "path": "corrupt.mp4"}]
+    labels = [i % 2 for i in range(len(videos))]
+    return write_hub_repo(tmp_path_factory.mktemp("hub") / "repo", videos, labels, [5, 4, 4, 4])
+
+
+def hub_streaming_args(output_dir: Path, repo: Path, *extra: str) -> list[str]:
+    # 17 rows in batches of 4: a pass ends inside step 5, which reads into the second pass. Without a shuffle
+    # buffer: `datasets` waits 5 s after each pass over parquet shards it interleaves with threads (its guard against
+    # an Arrow crash), too slow here; a shuffled stream's resumption is tested in tests/data/test_hub_streaming.py.
+    return ["--output_dir", str(output_dir), "--dataset_name", str(repo), "--streaming", "--video_column", "clip",
+            "--label_column", "kind", "--model_config", "tiny", "--per_device_train_batch_size", "4", "--logging_steps",
+            "1", "--no_progress_bar", "--max_steps", "5", "--checkpointing_steps", "3", "--seed", "3",
+            "--dataloader_num_workers", "1", "--streaming_shuffle_buffer", "0", *extra]
+
+
+def test_pretraining_from_a_streamed_data_set_skips_the_corrupt_row_and_resumes_exactly(tmp_path, hub_repo):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_pretrain_subprocess(hub_streaming_args(straight, hub_repo))
+    history = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history if "train/loss" in row] == list(range(1, 6))
+    skipped = [json.loads(line) for line in (straight / "skipped_train.jsonl").read_text().splitlines()]
+    assert skipped and {entry["source"] for entry in skipped} == {"corrupt.mp4"}
+
+    # A fresh process resumed from step 3 reads (without decoding) the 12 rows trained on and reproduces the weights.
+    checkpoint = straight / "checkpoints" / "checkpoint_3"
+    run_pretrain_subprocess(hub_streaming_args(resumed, hub_repo, "--resume_from_checkpoint", str(checkpoint)))
+    assert run_summary(resumed)["global_step"] == 5
+    assert run_summary(resumed)["weights_sha256"] == run_summary(straight)["weights_sha256"]
+
+
+def test_a_stream_of_unknown_length_needs_max_steps(tmp_path, hub_repo):
+    from pemt.errors import PemtUsageError
+    from pemt.training import pretrain
+
+    args = hub_streaming_args(tmp_path, hub_repo)
+    args[args.index("--max_steps"):args.index("--max_steps") + 2] = ["--num_train_epochs", "1"]
+    with pytest.raises(PemtUsageError, match="give --max_steps instead of --num_train_epochs"):
+        pretrain.main(args)
