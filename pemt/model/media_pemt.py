@@ -219,10 +219,15 @@ class MediaClip:
         decode_through_gaps (`bool`): choose between seeking to each group of segments and decoding on through the gap
             by what each costs (see `_DecoderCursor`); `False` seeks to every group (the frames are the same).
         video_seeks (`int`): seeks the last `read_segments` made in the video stream.
+        video_group_callback (`Callable`, *optional*): called from within `read_segments` as
+            `callback(indices, frames, valid)` as soon as the video of a group of segments is decoded (`indices` into
+            `starts`; `frames` `[len(indices), F, H, W, 3]`; `valid` their flags), so that a caller can work on them
+            while the rest decodes. Groups where nothing decodes are not reported; their segments stay invalid.
     """
 
     decode_through_gaps = True
     video_seeks = 0
+    video_group_callback: Callable[[list[int], np.ndarray, np.ndarray], None] | None = None
 
     def __init__(self, container: av.container.InputContainer, name: str, decoder_threads: int | None = None):
         self.container = container
@@ -424,6 +429,8 @@ class MediaClip:
                 # Real when at least half of the frames the clip's length allows were decoded, not held.
                 expected = max(int((times < max(self.duration, interval)).sum()), 1)
                 valid[i] = _covered(times, first, end, interval).sum() >= max(1, expected / 2)
+            if self.video_group_callback is not None:
+                self.video_group_callback(members, out[members], valid[members])
         self.video_seeks, self._video_cursor = self._video_cursor.seeks, None
         if out is None:
             side = max_short_side or 16
