@@ -1,9 +1,10 @@
 """Decoding of the segments PEMT reads from a video file, and nothing more.
 
 A clip is opened once; its duration decides where segments start; then only the spans the segments cover are
-decoded: the decoder seeks back to the keyframe before each span and decodes forward to its end. Segments that
-overlap or touch are decoded in one pass. Memory holds the frames and samples of the segments taken, never the
-whole file.
+decoded: the decoder seeks back to the keyframe before each span and decodes forward to its end, or, where that
+keyframe lies further back than the gap from the last span (a long-GOP source), decodes on through the gap instead
+(see `_DecoderCursor`). Segments that overlap or touch are decoded in one pass. Memory holds the frames and samples
+of the segments taken, never the whole file.
 """
 
 from __future__ import annotations

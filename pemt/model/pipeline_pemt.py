@@ -159,7 +159,8 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         try:
             source = self._as_video_source(inputs, video_fps, timeout)
             overlapped = None
-            if self.overlap_decoding and overlap and num_temporal_views == 1 and num_spatial_crops == 1:
+            if (self.overlap_decoding and overlap and num_temporal_views == 1 and num_spatial_crops == 1
+                    and hasattr(self.model, "modalities")):
                 overlapped = start_overlapped(self.processor, source, self.model.dtype)
             if overlapped is not None:
                 yield {"is_last": True, "error": "", "overlapped": overlapped, "errors": errors}
