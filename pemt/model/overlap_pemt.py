@@ -119,18 +119,23 @@ class OverlappedClip:
         self._cancelled.set()
 
 
-def start_overlapped(processor: PemtProcessor, source: VideoSource, dtype: torch.dtype) -> OverlappedClip | None:
+def start_overlapped(
+    processor: PemtProcessor, source: VideoSource, dtype: torch.dtype, decoder_threads: int | None = 1
+) -> OverlappedClip | None:
     """Opens `source` and starts decoding it in the background, or returns `None` where the clip takes the serial
-    path: a file object (it could not be read again by the serial path), arrays (nothing to decode), a clip without
-    video or audio, shorter than one segment, or whose segments coincide (the processor's padding and de-duplication
-    rules then apply).
+    path. `decoder_threads` (default 1, see [`open_media`]): the decoding thread is the parallelism here; FFmpeg's own
+    frame threads would compete with the CNN for the same cores (one decoder thread gives the same frames).
+
+    The serial path is taken for a file object (the serial path could not read it again), arrays (nothing to
+    decode), a clip without video or audio, shorter than one segment, or whose segments coincide (the processor's
+    padding and de-duplication rules then apply).
 
     Raises:
         [`MediaDecodeError`]: the source cannot be opened; the message names it.
     """
     if not isinstance(source, (str, os.PathLike, bytes)):
         return None
-    clip = open_media(source)
+    clip = open_media(source, decoder_threads)
     timing = processor.timing
     try:
         if not isinstance(clip, MediaClip) or not (clip.has_video and clip.has_audio) or clip.duration < timing.span:
