@@ -93,3 +93,26 @@ def test_batches_take_the_serial_path_with_the_same_scores(pipelines, clips, mon
     assert calls == []
     for clip, ranking in zip([clips["good"], clips["other"]], batched):
         torch.testing.assert_close(scores(ranking), scores(serial(clip, top_k=None)))
+
+
+@pytest.mark.parametrize("head", ["clip", "segment", "cnn"])
+@pytest.mark.parametrize("modality", ["audio-visual", "visual"])
+def test_classifier_reads_precomputed_cnn_embeddings(head, modality):
+    from pemt import PemtConfig
+
+    torch.manual_seed(0)
+    config = PemtConfig.from_preset("tiny", num_labels=4, classifier_head=head, classifier_modality=modality)
+    model = PemtForAudioVisualClassification(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pixels = torch.randn(2, 3, 3, config.frames_per_segment, config.eval_crop_size, config.eval_crop_size, generator=generator)
+    audio = torch.randn(2, 3, 1, config.num_mel_bins, config.audio_frames, generator=generator)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, audio_values=audio, visual_segment_mask=mask, audio_segment_mask=mask).logits
+        embedded = {"visual_cnn_embeddings": model.pemt.embed_visual(pixels, mask),
+                    "audio_cnn_embeddings": model.pemt.embed_audio(audio, mask)}
+        got = model(**embedded, visual_segment_mask=mask, audio_segment_mask=mask).logits
+        # Negative control: the CNN embeddings of other segments give other logits.
+        swapped = model(**{k: v.flip(0) for k, v in embedded.items()}, visual_segment_mask=mask, audio_segment_mask=mask).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert (swapped - expected).abs().max() > 1e-3
