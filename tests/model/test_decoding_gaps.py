@@ -63,3 +63,17 @@ def test_truncated_long_gop_file_masks_the_same_segments(tmp_path, monkeypatch):
     np.testing.assert_array_equal(decoding_on.video_valid, seeking.video_valid)
     valid = seeking.video_valid
     np.testing.assert_array_equal(decoding_on.frames[valid], seeking.frames[valid])
+
+
+def test_the_frame_a_group_stopped_at_starts_the_next(tmp_path, monkeypatch):
+    # At 4 fps the first frame past one group (0.75 s) is the frame the next group (from 0.9 s) begins with.
+    path = write_media(tmp_path / "sparse.mp4", seconds=5.0, fps=4, size=(48, 64), textured=True)
+    starts = [0.0, 0.9, 1.8, 2.7]
+    seeking, _ = read(path, starts, False, monkeypatch)
+    decoding_on, seeks = read(path, starts, True, monkeypatch)
+    assert seeks == 1
+    np.testing.assert_array_equal(decoding_on.frames, seeking.frames)
+    # Negative control: times 0.9 and 0.98 take the 0.75-s frame, 1.06 the 1.0-s one, and the two differ, so a cursor
+    # that dropped the frame it stopped at (and began the group with the 1.0-s frame) would fail the comparison.
+    np.testing.assert_array_equal(seeking.frames[1, 0], seeking.frames[1, 1])
+    assert not np.array_equal(seeking.frames[1, 1], seeking.frames[1, 2])
