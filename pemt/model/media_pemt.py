@@ -1,9 +1,10 @@
 """Decoding of the segments PEMT reads from a video file, and nothing more.
 
 A clip is opened once; its duration decides where segments start; then only the spans the segments cover are
-decoded: the decoder seeks back to the keyframe before each span and decodes forward to its end. Segments that
-overlap or touch are decoded in one pass. Memory holds the frames and samples of the segments taken, never the
-whole file.
+decoded: the decoder seeks back to the keyframe before each span and decodes forward to its end, or, where that
+keyframe lies further back than the gap from the last span (a long-GOP source), decodes on through the gap instead
+(see `_DecoderCursor`). Segments that overlap or touch are decoded in one pass. Memory holds the frames and samples
+of the segments taken, never the whole file.
 """
 
 from __future__ import annotations
@@ -135,6 +136,74 @@ def _covered(times: np.ndarray, first: float, end: float, tolerance: float) -> n
     return (times >= first - tolerance) & (times < end)
 
 
+class _DecoderCursor:
+    """Where one stream's decoder stands between groups of segments, and the choice of how to reach the next group:
+    seek (the demuxer lands on the keyframe at or before the group, and everything from there to the group is decoded
+    and thrown away) or decode on through the gap from where the last group stopped. A seek re-decodes on average half
+    a keyframe interval; decoding on costs the gap. Keyframe intervals are not in any index PyAV exposes, so they are
+    learned while decoding: the longest stretch seen from a keyframe to a later frame is a lower bound of the stream's
+    interval. A long-GOP source (camera or encoder defaults: 8 s at 30 fps for x264) then decodes a clip read at
+    paper settings in one pass instead of one pass per segment, while a prepared shard (a keyframe every 8 frames)
+    keeps seeking.
+
+    Decoding on gives the frames a seek would, because the pictures at and after the group's start decode the same
+    from either point, and the frame the last group stopped at (the first past its times, not used by it) is handed
+    out again first. It is used only where that is sure to hold: the frame has a believable time at or before the
+    group's start, no packet has been rejected since the last seek (a seek past damage recovers at the next
+    keyframe; decoding on would carry the damage), and no frame without a time has been seen (those are placed by
+    their count from the group's start).
+    """
+
+    def __init__(self, clip: MediaClip, stream: av.stream.Stream, decode_through_gaps: bool = True):
+        self.clip, self.stream, self.decode_through_gaps = clip, stream, decode_through_gaps
+        self.seeks = 0
+        self.keyframe_interval = 0.0
+        self._pass: Iterator[av.frame.Frame] | None = None  # the decoding pass under way; None when it ended
+        self._held: av.frame.Frame | None = None  # the last frame handed out
+        self._last_keyframe: float | None = None
+        self._rejected_at_seek = 0
+        self._untimed_seen = False
+
+    def frames(self, start: float, tolerance: float) -> Iterator[av.frame.Frame]:
+        """Decoded frames from at or before `start` on, from the cheaper of a seek and the pass under way."""
+        if self._continues_to(start):
+            yield self._held
+        else:
+            self.seeks += 1
+            self._rejected_at_seek = self._rejected()
+            self._last_keyframe = None
+            self._pass = self.clip._frames_from(self.stream, start, tolerance)
+        # A plain loop, not `yield from`: a caller that stops early closes this generator, and the pass must survive.
+        for frame in self._pass:
+            self._note(frame)
+            self._held = frame
+            yield frame
+        self._pass = self._held = None
+
+    def _rejected(self) -> int:
+        return self.clip._bad_packets.get(self.stream.index, 0)
+
+    def _note(self, frame: av.frame.Frame) -> None:
+        time = self.clip._time(frame)
+        if time is None:
+            self._untimed_seen = True
+            return
+        if self._last_keyframe is not None:
+            self.keyframe_interval = max(self.keyframe_interval, time - self._last_keyframe)
+        if frame.key_frame:
+            self._last_keyframe = time
+
+    def _continues_to(self, start: float) -> bool:
+        if not self.decode_through_gaps or self._pass is None or self._held is None or self._untimed_seen:
+            return False
+        if self._rejected() != self._rejected_at_seek:
+            return False
+        time = self.clip._time(self._held)
+        if time is None or time > start:
+            return False
+        return start - time <= max(_MERGE_GAP_SECONDS, self.keyframe_interval / 2)
+
+
 class MediaClip:
     """A media file opened with PyAV; use [`open_media`] to build one.
 
@@ -148,7 +217,18 @@ class MediaClip:
         name (`str`): the path, or a description of the source, used in error messages.
         duration (`float`): seconds, the longer of the video and audio streams.
         has_video (`bool`), has_audio (`bool`): which streams exist.
+        decode_through_gaps (`bool`): choose between seeking to each group of segments and decoding on through the gap
+            by what each costs (see `_DecoderCursor`); `False` seeks to every group (the frames are the same).
+        video_seeks (`int`): seeks the last `read_segments` made in the video stream.
+        video_group_callback (`Callable`, *optional*): called from within `read_segments` as
+            `callback(indices, frames, valid)` as soon as the video of a group of segments is decoded (`indices` into
+            `starts`; `frames` `[len(indices), F, H, W, 3]`; `valid` their flags), so that a caller can work on them
+            while the rest decodes. Groups where nothing decodes are not reported; their segments stay invalid.
     """
+
+    decode_through_gaps = True
+    video_seeks = 0
+    video_group_callback: Callable[[list[int], np.ndarray, np.ndarray], None] | None = None
 
     def __init__(self, container: av.container.InputContainer, name: str, decoder_threads: int | None = None):
         self.container = container
@@ -335,6 +415,7 @@ class MediaClip:
         valid = np.zeros(len(starts), dtype=bool)
         out = None
         self._frame_size = None
+        self._video_cursor = _DecoderCursor(self, self.video_stream, self.decode_through_gaps)
         for group_start, _, members in _merge_spans(starts, timing.span):
             wanted = np.unique(np.concatenate([timing.frame_times(starts[i]) for i in members]))
             picked, (first, end) = self._pick_frames(group_start, wanted, max_short_side, interval)
@@ -349,6 +430,9 @@ class MediaClip:
                 # Real when at least half of the frames the clip's length allows were decoded, not held.
                 expected = max(int((times < max(self.duration, interval)).sum()), 1)
                 valid[i] = _covered(times, first, end, interval).sum() >= max(1, expected / 2)
+            if self.video_group_callback is not None:
+                self.video_group_callback(members, out[members], valid[members])
+        self.video_seeks, self._video_cursor = self._video_cursor.seeks, None
         if out is None:
             side = max_short_side or 16
             out = np.zeros((len(starts), timing.frames_per_segment, side, side, 3), dtype=np.uint8)
@@ -390,7 +474,7 @@ class MediaClip:
         previous, previous_array = None, None
         first = end = 0.0
         position = 0
-        for index, frame in enumerate(self._frames_from(self.video_stream, group_start, interval)):
+        for index, frame in enumerate(self._video_cursor.frames(group_start, interval)):
             time = self._time(frame)
             time = time if time is not None else group_start + index * interval
             if previous is None:

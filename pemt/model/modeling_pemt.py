@@ -786,27 +786,37 @@ class PemtForAudioVisualClassification(PemtEmbeddingsMixin, PemtPreTrainedModel)
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        visual_cnn_embeddings: torch.FloatTensor | None = None,
+        audio_cnn_embeddings: torch.FloatTensor | None = None,
         **kwargs,
     ) -> PemtClassifierOutput | tuple:
         r"""
         Args:
             labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
                 Class indices (single-label) or multi-hot targets (multi-label).
+            visual_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, visual_embedding_dim)`, *optional*):
+                The visual CNN's embeddings ([`PemtModel.embed_visual`]) to use instead of running the CNN on
+                `pixel_values`: the pipeline computes them segment by segment while the rest of the clip decodes.
+            audio_cnn_embeddings (`torch.FloatTensor` of shape `(batch_size, num_segments, audio_embedding_dim)`, *optional*):
+                The same for the audio CNN ([`PemtModel.embed_audio`]) and `audio_values`.
         """
         inputs = {
-            "visual": {"pixel_values": pixel_values, "visual_segment_mask": visual_segment_mask},
-            "audio": {"audio_values": audio_values, "audio_segment_mask": audio_segment_mask},
+            "visual": {"pixel_values": pixel_values, "visual_segment_mask": visual_segment_mask,
+                       "visual_cnn_embeddings": visual_cnn_embeddings},
+            "audio": {"audio_values": audio_values, "audio_segment_mask": audio_segment_mask,
+                      "audio_cnn_embeddings": audio_cnn_embeddings},
         }
+        embeddings = {"visual": visual_cnn_embeddings, "audio": audio_cnn_embeddings}
         backbone_inputs = {}
         for name in self.modalities:
-            if next(iter(inputs[name].values())) is None:
+            if next(iter(inputs[name].values())) is None and embeddings[name] is None:
                 raise ValueError(
                     f"classifier_modality is {self.config.classifier_modality!r}, so {name} inputs are required."
                 )
             backbone_inputs.update(inputs[name])
         masks = {"visual": visual_segment_mask, "audio": audio_segment_mask}
         if self.config.classifier_head == "cnn":
-            return self._cnn_forward(pixel_values, audio_values, masks, labels)
+            return self._cnn_forward(pixel_values, audio_values, masks, labels, embeddings)
         output = self.pemt(
             **backbone_inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )
@@ -865,11 +875,15 @@ class PemtForAudioVisualClassification(PemtEmbeddingsMixin, PemtPreTrainedModel)
         audio_values: torch.Tensor | None,
         masks: dict[str, torch.Tensor | None],
         labels: torch.Tensor | None,
+        precomputed: dict[str, torch.Tensor | None] | None = None,
     ) -> PemtClassifierOutput:
-        """The CNN alone (the authors' single-modality settings): mean CNN embedding over real segments -> linear."""
+        """The CNN alone (the authors' single-modality settings): mean CNN embedding over real segments -> linear.
+        `precomputed`: CNN embeddings per modality already computed (`None` where the CNN is to run)."""
         pooled = []
         for name in self.modalities:
-            if name == "visual":
+            if precomputed is not None and precomputed[name] is not None:
+                embeddings = precomputed[name]
+            elif name == "visual":
                 embeddings = self.pemt.embed_visual(pixel_values, masks["visual"])
             else:
                 embeddings = self.pemt.embed_audio(audio_values, masks["audio"])

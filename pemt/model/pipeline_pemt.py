@@ -12,6 +12,7 @@ from transformers.pipelines.base import ChunkPipeline
 
 from .compile_pemt import compile_pemt
 from .media_pemt import MediaDecodeError
+from .overlap_pemt import OverlappedClip, start_overlapped
 from .weights_check_pemt import require_trained_heads
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
@@ -34,6 +35,10 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         torch_compile (`bool` or `dict`, *optional*, defaults to `False`): compile the model's CNNs with
             `torch.compile` (a dict is passed to it as keyword arguments); see [`compile_pemt`]. The first clip of
             each new shape pays the compilation (tens of seconds).
+        overlap_decoding (`bool`, *optional*, defaults to `True`): decode a clip's segments in a background thread
+            while the visual CNN runs on those already decoded (see [`OverlappedClip`]); the scores are the serial
+            path's. It applies to one clip at a time (`batch_size=1`, no `num_workers`) with one temporal view and one
+            crop, from a path or bytes, with video and audio; other calls take the serial path (decode, then model).
 
     Arguments of a call:
         top_k (`int` or `None`, *optional*, defaults to 5): how many labels to return; `None` returns all of them.
@@ -65,8 +70,9 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def __init__(self, *args, torch_compile: bool | dict = False, **kwargs):
+    def __init__(self, *args, torch_compile: bool | dict = False, overlap_decoding: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.overlap_decoding = overlap_decoding
         # A pretraining checkpoint loads with random heads: its rankings would look plausible and mean nothing.
         require_trained_heads(self.model)
         if torch_compile:
@@ -133,6 +139,13 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
             return {"frames": np.ascontiguousarray(frames), "video_fps": fps}
         return inputs
 
+    def get_iterator(self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params):
+        # Overlapped clips travel as a handle on a decoding thread: they can be neither collated into a batch nor
+        # sent from a worker process.
+        if batch_size > 1 or num_workers > 0:
+            preprocess_params = {**preprocess_params, "overlap": False}
+        return super().get_iterator(inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params)
+
     def preprocess(
         self,
         inputs: Any,
@@ -141,9 +154,17 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         video_fps: float | None = None,
         timeout: float | None = None,
         errors: str = "raise",
+        overlap: bool = True,
     ):
         try:
             source = self._as_video_source(inputs, video_fps, timeout)
+            overlapped = None
+            if (self.overlap_decoding and overlap and num_temporal_views == 1 and num_spatial_crops == 1
+                    and hasattr(self.model, "modalities")):
+                overlapped = start_overlapped(self.processor, source, self.model.dtype)
+            if overlapped is not None:
+                yield {"is_last": True, "error": "", "overlapped": overlapped, "errors": errors}
+                return
             features = self.processor(
                 videos=source, num_temporal_views=num_temporal_views, num_spatial_crops=num_spatial_crops,
                 return_tensors="pt",
@@ -185,6 +206,17 @@ class AudioVisualClassificationPipeline(ChunkPipeline):
         if isinstance(error, str) and error:
             # A lone failed input needs no forward pass.
             return {"logits": None, "is_last": is_last, "error": error}
+        overlapped: OverlappedClip | None = model_inputs.pop("overlapped", None)
+        if overlapped is not None:
+            try:
+                logits = overlapped.classify(self.model).logits
+            except MediaDecodeError as err:
+                if model_inputs["errors"] == "raise":
+                    raise
+                return {"logits": None, "is_last": is_last, "error": str(err)}
+            finally:
+                overlapped.close()
+            return {"logits": logits, "is_last": is_last, "error": error}
         return {"logits": self.model(**self.model.select_inputs(model_inputs)).logits, "is_last": is_last, "error": error}
 
     def postprocess(
