@@ -34,7 +34,7 @@ __all__ = ["sample_generator", "ClipDataset", "StreamingClips", "stack_clips", "
 # Errors that mean "this file is unreadable" rather than a bug in pemt: the decoder's own, PyAV's and the OS's.
 DECODE_ERRORS = (MediaDecodeError, av.error.FFmpegError, OSError, EOFError)
 # Each clip is decoded on one FFmpeg thread: data-loader workers decode clips side by side, so they are the
-# parallelism, and FFmpeg's frame threads would only add their overhead (~15% more CPU per paper-size clip from
+# parallelism, and FFmpeg's frame threads would only add their overhead (15-35% more CPU per paper-size clip from
 # prepared shards; benchmarks/bench_data.py).
 DECODER_THREADS = 1
 

@@ -679,7 +679,7 @@ def open_media(source: VideoSource, decoder_threads: int | None = None) -> Media
     Args:
         source: the clip.
         decoder_threads (`int`, *optional*): threads FFmpeg decodes the video with. `None` lets FFmpeg choose (one
-            per CPU, frame-parallel): the shortest wall time for one clip. `1` costs the least CPU per clip (~15%
+            per CPU, frame-parallel): the shortest wall time for one clip. `1` costs the least CPU per clip (15-25%
             less at paper settings), which is what counts where many clips decode in parallel, as in data-loader
             workers.
 
