@@ -22,6 +22,7 @@ from datasets.fingerprint import Hasher
 
 from ..model.media_pemt import MediaDecodeError
 from ..model.processing_pemt import PemtProcessor
+from ..model.video_processing_pemt import zero_masked_segments
 
 logger = logging.getLogger(__name__)
 
@@ -440,8 +441,8 @@ def collate(
     audio_segment_mask = torch.stack([torch.as_tensor(row["audio_segment_mask"]) for row in rows])
     if training:
         audio_values = processor.feature_extractor.spec_augment(audio_values, generator)
-    pixel_values[visual_segment_mask == 0] = 0
-    audio_values[audio_segment_mask == 0] = 0
+    zero_masked_segments(pixel_values, visual_segment_mask)
+    zero_masked_segments(audio_values, audio_segment_mask)
     return {
         "pixel_values": pixel_values,
         "audio_values": audio_values,

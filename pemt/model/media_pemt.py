@@ -79,6 +79,8 @@ class SegmentTiming:
 
 # `(height, width)` of the decoded frames -> the square `(top, left, size)` of them to keep (see `read_segments`).
 WindowChooser = Callable[[int, int], tuple[int, int, int]]
+# `(segment indices, their frames, their valid flags)` of a group of segments just decoded (see `read_segments`).
+VideoGroupCallback = Callable[[list[int], np.ndarray, np.ndarray], None]
 
 
 @dataclass
@@ -220,15 +222,10 @@ class MediaClip:
         decode_through_gaps (`bool`): choose between seeking to each group of segments and decoding on through the gap
             by what each costs (see `_DecoderCursor`); `False` seeks to every group (the frames are the same).
         video_seeks (`int`): seeks the last `read_segments` made in the video stream.
-        video_group_callback (`Callable`, *optional*): called from within `read_segments` as
-            `callback(indices, frames, valid)` as soon as the video of a group of segments is decoded (`indices` into
-            `starts`; `frames` `[len(indices), F, H, W, 3]`; `valid` their flags), so that a caller can work on them
-            while the rest decodes. Groups where nothing decodes are not reported; their segments stay invalid.
     """
 
     decode_through_gaps = True
     video_seeks = 0
-    video_group_callback: Callable[[list[int], np.ndarray, np.ndarray], None] | None = None
 
     def __init__(self, container: av.container.InputContainer, name: str, decoder_threads: int | None = None):
         self.container = container
@@ -297,6 +294,7 @@ class MediaClip:
         timing: SegmentTiming,
         max_short_side: int | None = None,
         window: WindowChooser | None = None,
+        on_video_group: VideoGroupCallback | None = None,
     ) -> DecodedSegments:
         """Decodes the frames and audio of segments starting at `starts` (seconds).
 
@@ -309,12 +307,19 @@ class MediaClip:
         square (`[S, F, size, size, 3]`) and `window` of the result says which it is. A training crop chosen this
         way copies a fraction of each frame instead of all of it (`None` in the result when no frame decoded).
 
+        `on_video_group`: called as `on_video_group(indices, frames, valid)` as soon as the video of a group of
+        segments is decoded (`indices` into `starts`; `frames` `[len(indices), F, H, W, 3]`; `valid` their flags), so
+        that a caller can work on them while the rest decodes. Groups where nothing decodes are not reported; their
+        segments stay invalid.
+
         Raises:
             [`MediaDecodeError`]: nothing of the clip decodes, or the file cannot be read; the message names it.
         """
         try:
             self._choose_window, self._window = window, None
-            frames, video_valid = self._read_video(starts, timing, max_short_side) if self.has_video else (None, None)
+            frames, video_valid = (
+                self._read_video(starts, timing, max_short_side, on_video_group) if self.has_video else (None, None)
+            )
             waveform, audio_valid = self._read_audio(starts, timing) if self.has_audio else (None, None)
         except MediaDecodeError:
             raise
@@ -409,7 +414,11 @@ class MediaClip:
             back = max(2 * back, 1.0)
 
     def _read_video(
-        self, starts: Sequence[float], timing: SegmentTiming, max_short_side: int | None
+        self,
+        starts: Sequence[float],
+        timing: SegmentTiming,
+        max_short_side: int | None,
+        on_video_group: VideoGroupCallback | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         interval = 1.0 / float(self.video_stream.average_rate or 30)
         valid = np.zeros(len(starts), dtype=bool)
@@ -430,8 +439,8 @@ class MediaClip:
                 # Real when at least half of the frames the clip's length allows were decoded, not held.
                 expected = max(int((times < max(self.duration, interval)).sum()), 1)
                 valid[i] = _covered(times, first, end, interval).sum() >= max(1, expected / 2)
-            if self.video_group_callback is not None:
-                self.video_group_callback(members, out[members], valid[members])
+            if on_video_group is not None:
+                on_video_group(members, out[members], valid[members])
         self.video_seeks, self._video_cursor = self._video_cursor.seeks, None
         if out is None:
             side = max_short_side or 16

@@ -20,6 +20,7 @@ import torch
 
 from .media_pemt import MediaClip, VideoSource, open_media
 from .processing_pemt import PemtProcessor, segment_starts
+from .video_processing_pemt import zero_masked_segments
 
 __all__ = ["OverlappedClip", "start_overlapped"]
 
@@ -52,18 +53,17 @@ class OverlappedClip:
 
     def _decode(self) -> None:
         try:
-            self.clip.video_group_callback = self._video_group
             decoded = self.clip.read_segments(
-                self.starts, self.processor.timing, self.processor.video_processor.storage_side(False)
+                self.starts, self.processor.timing, self.processor.video_processor.storage_side(False),
+                on_video_group=self._video_group,
             )
             audio = self.processor.feature_extractor(decoded.waveform, training=False, return_tensors="pt")["audio_values"]
             audio_mask = torch.as_tensor(decoded.audio_valid, dtype=torch.long)
-            audio[audio_mask == 0] = 0
+            zero_masked_segments(audio, audio_mask)
             self._queue.put(("done", torch.as_tensor(decoded.video_valid, dtype=torch.long), audio.to(self.dtype), audio_mask))
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread, which raises it
             self._queue.put(("error", err))
         finally:
-            self.clip.video_group_callback = None
             self.clip.close()
 
     def _video_group(self, indices: list[int], frames: np.ndarray, valid: np.ndarray) -> None:
@@ -72,7 +72,7 @@ class OverlappedClip:
         # The processor's transforms are per segment, so a group gives the rows the whole clip would.
         pixels = self.processor.video_processor(torch.from_numpy(frames), return_tensors="pt")["pixel_values"]
         mask = torch.as_tensor(valid, dtype=torch.long)
-        pixels[mask == 0] = 0
+        zero_masked_segments(pixels, mask)
         self._queue.put(("video", indices, pixels.to(self.dtype), mask))
 
     # --- the caller's thread ------------------------------------------------------------------------------------

@@ -12,7 +12,17 @@ from transformers.video_processing_utils import VideoProcessorMixin
 
 from .configuration_pemt import PemtConfig
 
-__all__ = ["PemtVideoProcessor"]
+__all__ = ["PemtVideoProcessor", "zero_masked_segments"]
+
+
+def zero_masked_segments(values: torch.Tensor, segment_mask: torch.Tensor | None) -> torch.Tensor:
+    """Sets, in place, the segments of `values` (`[*segment_mask.shape, ...]`) whose `segment_mask` is 0 to zeros, and
+    returns `values`. Segment by segment: a boolean-mask assignment costs ~5 ms on a paper-size clip even when it
+    selects nothing, and usually nothing is masked."""
+    if segment_mask is not None:
+        for index in torch.nonzero(segment_mask == 0).tolist():
+            values[tuple(index)] = 0
+    return values
 
 
 class PemtVideoKwargs(TypedDict, total=False):
@@ -165,9 +175,12 @@ class PemtVideoProcessor(VideoProcessorMixin):
         """`[F, h, w, 3]` → `[3, F, h, w]` float, scaled and normalised."""
         # Integer frames are 0-255 whatever their dtype: `datasets`' torch format hands uint8 arrays back as int64.
         scale = 1.0 if frames.is_floating_point() else 255.0
-        pixels = frames.permute(3, 0, 1, 2).float()
-        # One multiply and one subtract in place: this runs over every pixel of a batch.
-        return pixels.mul_(1.0 / (scale * self.image_std)).sub_(self.image_mean / self.image_std)
+        return self._scale(frames.permute(3, 0, 1, 2).float(), scale)
+
+    def _scale(self, pixels: torch.Tensor, maximum: float) -> torch.Tensor:
+        """Float pixels in `[0, maximum]`, scaled to [0, 1] and normalised, in place: one multiply and one subtract,
+        as this runs over every pixel of a batch."""
+        return pixels.mul_(1.0 / (maximum * self.image_std)).sub_(self.image_mean / self.image_std)
 
     def training_crop(self, height: int, width: int, generator: torch.Generator | None) -> tuple[int, int, int, bool]:
         """One training view of `height` x `width` frames: `(top, left, size, flip)`, a `size` square of the frames
@@ -220,10 +233,7 @@ class PemtVideoProcessor(VideoProcessorMixin):
         zeros, as in normalised output."""
         if pixel_values.is_floating_point():
             raise ValueError("pixel_values are already normalised (float); normalize takes the uint8 values of do_normalize=False.")
-        pixels = pixel_values.float().mul_(1.0 / (255.0 * self.image_std)).sub_(self.image_mean / self.image_std)
-        if segment_mask is not None:
-            pixels[segment_mask == 0] = 0
-        return pixels
+        return zero_masked_segments(self._scale(pixel_values.float(), 255.0), segment_mask)
 
     @staticmethod
     def spatial_crop_offsets(height: int, width: int, size: int, num_crops: int) -> list[tuple[int, int]]:

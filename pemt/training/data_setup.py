@@ -11,8 +11,8 @@ Two ways to feed a run (`--data_mode`):
   `load_dataset(..., streaming=True)` and never downloaded as a whole.
 - `in_memory`: every clip is decoded once, at fixed segment placement, into uint8 tensors cached by `datasets`;
   only crops and SpecAugment change between epochs. It earns its place for tiny data sets only: an epoch of the
-  demo data (96 clips, small preset) costs 0.15 CPU-s after a one-off 1.26 CPU-s decode, against 0.89 CPU-s from
-  prepared clips and 1.11 CPU-s from the raw files (benchmarks/bench_data.py), so the CPU demo uses it. At paper
+  demo data (96 clips, small preset) costs 0.19 CPU-s after a one-off 1.55 CPU-s decode, against 0.59 CPU-s from
+  prepared clips and 0.89 CPU-s from the raw files (benchmarks/bench_data.py), so the CPU demo uses it. At paper
   settings it stores 24.6 MB per clip and its segments never move.
 """
 

@@ -112,19 +112,12 @@ def evaluate_model(
 
 def load_evaluation_set(data_args: DataArguments) -> datasets.Dataset:
     """The clips `--eval_dir`, `--eval_file` or `--dataset_name` (its evaluation split) name."""
-    from ..data.loading import load_video_folder, load_video_list
-    from .data_setup import load_hub_splits
+    from .data_setup import load_eval_files, load_hub_splits, load_streamed_split
 
-    if data_args.eval_dir:
-        loaded = load_video_folder(data_args.eval_dir)
-        if isinstance(loaded, datasets.DatasetDict):
-            return next(loaded[s] for s in ("test", "validation", "valid", "val", "dev", "train") if s in loaded)
-        return loaded
-    if data_args.eval_file:
-        return load_video_list(data_args.eval_file)
+    files = load_eval_files(data_args)
+    if files is not None:
+        return files
     if data_args.dataset_name and data_args.streaming:  # only the named split is read, never the training split
-        from .data_setup import load_streamed_split
-
         if not data_args.eval_split:
             raise PemtUsageError(f"--dataset_name {data_args.dataset_name} --streaming: name the split with --eval_split.")
         return load_streamed_split(data_args, data_args.eval_split)
